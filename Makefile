@@ -1,0 +1,42 @@
+# embedpipe: `make help` lists the targets. VENV=path reuses an existing environment.
+VENV ?= .venv
+PYTHON ?= python3
+CONF ?= conf/default.yaml
+PY := $(VENV)/bin/python
+EP := $(VENV)/bin/embedpipe
+STAMP := $(VENV)/.embedpipe-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint bench bench-embedder clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create $(VENV) and install embedpipe with its export and dev extras
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[export,dev]'
+	touch $@
+
+run: setup ## export the default model once, then embed sample texts with $(CONF)
+	$(EP) export --config $(CONF)
+	$(EP) embed --config $(CONF) "Offline embeddings you can trust." "Every row embedded exactly once." \
+	  | $(PY) -c "import json, sys; v = json.load(sys.stdin); print(f'embedded {len(v)} texts into {len(v[0])} dims')"
+
+test: setup ## run the test suite (what CI runs)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup ## ruff (lint and format check) and mypy
+	$(VENV)/bin/ruff check pipelines workers export tests bench
+	$(VENV)/bin/ruff format --check pipelines workers export tests bench
+	$(VENV)/bin/mypy
+
+bench: bench-embedder ## run every benchmark
+
+bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
+	$(PY) bench/embedder.py --out bench/results/embedder.json
+
+clean: ## remove exported models and caches (keeps $(VENV))
+	rm -rf models build .pytest_cache .mypy_cache .ruff_cache
