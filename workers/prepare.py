@@ -1,0 +1,156 @@
+"""Prepare: text -> token ids, with the prompt, truncation and reject rules of DESIGN.md.
+
+Texts are tokenized without special tokens and cut here rather than by the tokenizer, because the
+tokenizer's own left truncation would cut the prompt away; the special tokens the model expects
+around a single text (`[CLS] ... [SEP]` for BERT) are learned once from the tokenizer itself, so
+any single-sequence template works. A text that cannot be embedded becomes a reject with its
+reason; it never stops the other texts of the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from workers.model_dir import ModelCard, ModelDirError
+from workers.options import EmbedOptions, OptionError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Per text: its ids (with special tokens), how many tokens, truncated or not, or why not."""
+
+    ids: list[np.ndarray]
+    n_tokens: np.ndarray
+    truncated: np.ndarray
+    errors: list[str | None]
+
+
+def reject_reason(text: object) -> str | None:
+    """Why a text cannot be embedded at all, before tokenizing; None when it can."""
+    if text is None:
+        return "text is null"
+    if not isinstance(text, str):
+        return f"text is not a string but {type(text).__name__}"
+    if not text:
+        return "text is empty"
+    if text.isspace():
+        return "text is only whitespace"
+    return None
+
+
+class TextPreparer:
+    def __init__(self, tokenizer: Tokenizer, card: ModelCard) -> None:
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self._tok = tokenizer
+        self._card = card
+        self._prefix, self._suffix = special_frame(tokenizer)
+        self._budget = card.max_seq_length - len(self._prefix) - len(self._suffix)
+        if self._budget < 1:
+            raise ModelDirError(
+                f"max_seq_length {card.max_seq_length} leaves no room for text "
+                f"beside {len(self._prefix) + len(self._suffix)} special tokens"
+            )
+
+    @classmethod
+    def from_file(cls, tokenizer_path: str | Path, card: ModelCard) -> TextPreparer:
+        return cls(Tokenizer.from_file(str(tokenizer_path)), card)
+
+    @property
+    def pad_id(self) -> int:
+        # Padded positions are masked out of attention and pooling, so any id works; the
+        # tokenizer's own pad id just keeps the batches readable when debugging.
+        for token in ("[PAD]", "<pad>"):
+            if (token_id := self._tok.token_to_id(token)) is not None:
+                return token_id
+        return 0
+
+    def prompt_for(self, options: EmbedOptions) -> str:
+        """The prompt text for these options; the card's default prompt when none is named."""
+        card = self._card
+        name = options.prompt_name or card.default_prompt_name
+        if name is None:
+            return ""
+        if not card.prompts:
+            raise OptionError(
+                f"prompt_name {name!r} given, but model {card.source} has no prompts; "
+                "leave prompt_name unset"
+            )
+        if name not in card.prompts:
+            raise OptionError(
+                f"unknown prompt_name {name!r}; model {card.source} has the prompts: "
+                + ", ".join(sorted(card.prompts))
+            )
+        return card.prompts[name]
+
+    def prepare(self, texts: Sequence[object], options: EmbedOptions) -> Prepared:
+        prompt = self.prompt_for(options)
+        n = len(texts)
+        errors: list[str | None] = [reject_reason(t) for t in texts]
+        ids: list[np.ndarray] = [np.empty(0, np.int64)] * n
+        n_tokens = np.zeros(n, np.int32)
+        truncated = np.zeros(n, bool)
+        live = [i for i in range(n) if errors[i] is None]
+        encodings = self._tok.encode_batch(
+            [prompt + str(texts[i]) for i in live], add_special_tokens=False
+        )
+        for i, enc in zip(live, encodings, strict=True):
+            n_prompt = _prompt_tokens(enc, len(prompt)) if prompt else 0
+            kept, count, cut, error = self._fit(enc, n_prompt, options)
+            ids[i], n_tokens[i], truncated[i], errors[i] = kept, count, cut, error
+        return Prepared(ids, n_tokens, truncated, errors)
+
+    def _fit(
+        self, enc: Encoding, n_prompt: int, options: EmbedOptions
+    ) -> tuple[np.ndarray, int, bool, str | None]:
+        """Keeps what fits the budget; returns ids, token count, truncated, reject reason."""
+        content = np.asarray(enc.ids, dtype=np.int64)
+        n_specials = len(self._prefix) + len(self._suffix)
+        total = len(content) + n_specials
+        if len(content) == 0:
+            return content, total, False, "text has no tokens for this model's tokenizer"
+        cut = len(content) > self._budget
+        if cut and not options.truncate:
+            reason = (
+                f"text has {total} tokens, over max_seq_length {self._card.max_seq_length}; "
+                "set truncate to true or shorten the text"
+            )
+            return np.empty(0, np.int64), total, False, reason
+        if cut and options.truncation_direction == "left":
+            if n_prompt >= self._budget:
+                reason = (
+                    f"the prompt alone takes {n_prompt} tokens, leaving no room for the text "
+                    f"under max_seq_length {self._card.max_seq_length}"
+                )
+                return np.empty(0, np.int64), total, False, reason
+            tail = content[len(content) - (self._budget - n_prompt) :]
+            content = np.concatenate([content[:n_prompt], tail])
+        elif cut:
+            content = content[: self._budget]
+        kept = np.concatenate([self._prefix, content, self._suffix])
+        return kept, len(kept), cut, None
+
+
+def _prompt_tokens(enc: Encoding, prompt_chars: int) -> int:
+    """Tokens that start inside the prompt: they are kept under left truncation."""
+    return sum(1 for start, _ in enc.offsets if start < prompt_chars)
+
+
+def special_frame(tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The special ids the tokenizer puts before and after a single text."""
+    probe = "hello world"
+    bare = tok.encode(probe, add_special_tokens=False).ids
+    full = tok.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            prefix, suffix = full[:start], full[start + len(bare) :]
+            return np.asarray(prefix, np.int64), np.asarray(suffix, np.int64)
+    raise ModelDirError(
+        "the tokenizer's post-processor changes the text's own tokens; "
+        "embedpipe needs special tokens placed around the text"
+    )

@@ -1,0 +1,79 @@
+"""Run: one onnxruntime session with explicitly chosen providers, fed through IOBinding.
+
+onnxruntime quietly falls back to the CPU when the CUDA provider cannot load; for a GPU job that
+means hours at a fraction of the speed with no error. So the device is checked twice: that the
+installed onnxruntime has the provider at all, and that the session really got it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda")
+OUTPUT = "sentence_embedding"
+INPUTS = ("input_ids", "attention_mask")
+
+
+class DeviceError(RuntimeError):
+    """The device asked for cannot be used by this onnxruntime on this machine."""
+
+
+def providers_for(device: str, device_id: int = 0) -> list[str | tuple[str, dict[str, int]]]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise DeviceError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise DeviceError(
+            f"device 'cuda' asked for, but onnxruntime {ort.__version__} has no CUDA provider "
+            f"(it has {', '.join(available)}): install onnxruntime-gpu, or set device: cpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+
+
+class OnnxSession:
+    def __init__(
+        self, path: str | Path, device: str = "cpu", threads: int | None = None, device_id: int = 0
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be at least 1, got {threads}")
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.device = device
+        self._device_id = device_id
+        self._session = ort.InferenceSession(
+            str(path), options, providers=providers_for(device, device_id)
+        )
+        got = self._session.get_providers()
+        if device == "cuda" and got[0] != "CUDAExecutionProvider":
+            raise DeviceError(
+                f"onnxruntime could not start its CUDA provider for {path} (it runs on {got}); "
+                "its warning above names the missing CUDA or cuDNN library"
+            )
+        names = tuple(i.name for i in self._session.get_inputs())
+        if sorted(names) != sorted(INPUTS) or self._session.get_outputs()[0].name != OUTPUT:
+            raise DeviceError(
+                f"{path} takes {names} and gives {self._session.get_outputs()[0].name}; "
+                f"embedpipe needs inputs {INPUTS} and output {OUTPUT}: re-export it"
+            )
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Pooled float32 vectors (rows x dim) for one padded batch."""
+        # A binding per call keeps concurrent calls from different threads apart.
+        binding = self._session.io_binding()
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", attention_mask)
+        binding.bind_output(OUTPUT, self.device, self._device_id)
+        self._session.run_with_iobinding(binding)
+        out: np.ndarray = binding.copy_outputs_to_cpu()[0]
+        return out.astype(np.float32, copy=False)
