@@ -1,0 +1,60 @@
+"""The ONNX graph: the transformer plus its pooling, so only rows x dim floats leave the device.
+
+torch.onnx's TorchScript exporter is used: its graph is the one onnxruntime's BERT fusion
+patterns were written for, and the tests check that every layer's attention is fused. Pooling
+copies sentence-transformers' formulas, so parity is exact up to float order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OPSET = 17
+INPUTS = ["input_ids", "attention_mask"]
+OUTPUT = "sentence_embedding"
+
+
+class PooledEncoder(torch.nn.Module):
+    def __init__(self, transformer: Any, pooling: str) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "max":
+            # sentence-transformers fills padding with -1e9 before the max
+            return torch.where(mask > 0, hidden, torch.full_like(hidden, -1e9)).max(dim=1).values
+        summed = (hidden * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def export_graph(transformer: Any, pooling: str, path: Path) -> None:
+    transformer = transformer.eval()
+    module = PooledEncoder(transformer, pooling).eval()
+    # Two rows of different lengths, so nothing is traced as a constant shape.
+    input_ids = torch.full((2, 16), 1000, dtype=torch.long)
+    attention_mask = torch.ones((2, 16), dtype=torch.long)
+    attention_mask[1, 9:] = 0
+    axes = {"batch": 0, "sequence": 1}
+    dynamic = {name: {v: k for k, v in axes.items()} for name in INPUTS}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            module,
+            (input_ids, attention_mask),
+            str(path),
+            input_names=INPUTS,
+            output_names=[OUTPUT],
+            dynamic_axes={**dynamic, OUTPUT: {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
