@@ -1,0 +1,212 @@
+"""The `embedpipe` command. Parsing and printing live here; the work is in workers/ and export/.
+
+`export` and `verify` import the export package lazily: it needs PyTorch (the `export` extra),
+which the runtime commands never do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Config, ConfigError, load_config
+from workers import Embedder, EmbedOptions, OptionError
+from workers.model_dir import ModelDirError, read_card
+from workers.session import DeviceError
+
+EXPORT_HINT = "this command needs the export extra: pip install 'embedpipe[export]'"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)
+    try:
+        code: int = args.handler(args)
+        return code
+    except (ConfigError, ModelDirError, OptionError, DeviceError, ValueError) as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        print(f"embedpipe: error: {err}; {EXPORT_HINT}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader (`| head`) went away: not an error of ours, and nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    # argparse cannot take positionals after options with nargs='*' ("embed DIR --no-truncate
+    # TEXT"), so the texts that follow options come back as extras and are appended here.
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "embed" and not any(x.startswith("-") for x in extra):
+        args.args += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_export(commands.add_parser("export", help="export a model to an ONNX model directory"))
+    _add_verify(commands.add_parser("verify", help="compare a model directory to its reference"))
+    _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
+    return parser
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="local sentence-transformers dir, pkg:NAME or hub id")
+    p.add_argument("--out", type=Path, help="model directory to write")
+    p.add_argument("--dtype", choices=["fp32", "int8"], help="fp32 (default) or int8 (CPU)")
+    p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime's fusion")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.add_argument("--config", type=Path, help="take model, out and dtype from a job config")
+    p.set_defaults(handler=_export)
+
+
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="exported model directory")
+    p.add_argument("--reference", required=True, help="the source model to compare against")
+    p.add_argument("--texts", type=Path, help="texts file: .txt lines, .jsonl or .parquet 'text'")
+    p.add_argument("--min-cosine", type=float, help="threshold (default by dtype; fp32 0.9999)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(handler=_verify)
+
+
+def _add_embed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", metavar="[DIR] TEXT", help="model dir, then texts")
+    p.add_argument("--config", type=Path, help="take the model dir and options from a config")
+    p.add_argument("--no-normalize", dest="normalize", action="store_const", const=False)
+    p.add_argument("--no-truncate", dest="truncate", action="store_const", const=False)
+    p.add_argument("--truncation-direction", type=str.lower, choices=["left", "right"])
+    p.add_argument("--prompt-name")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-batch-tokens", type=int)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. runtime.threads=2 (with --config)",
+    )
+    p.set_defaults(handler=_embed)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.exporter import export_model
+    from export.source import ExportError
+
+    src, out, dtype = args.model, args.out, args.dtype
+    if args.config:
+        model = load_config(args.config).model
+        src, out, dtype = src or model.source, out or model.dir, dtype or model.dtype
+        if not args.force and _is_current(out, src, dtype):
+            print(f"{out} already holds the {dtype} export of {src}; --force re-exports it")
+            return 0
+    if not src or not out:
+        raise ConfigError("export needs --model and --out (or --config)")
+    try:
+        card = export_model(
+            src, out, dtype or "fp32", not args.no_optimize, args.trust_remote_code, args.force
+        )
+    except ExportError as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 1
+    parity = card.parity
+    print(
+        f"wrote {out}: {card.dtype}, dim {card.dim}, {card.pooling} pooling, "
+        f"min cosine {parity['min_cosine']:.6f} to the reference over {parity['n_texts']} texts"
+    )
+    return 0
+
+
+def _is_current(out: Path, src: str, dtype: str) -> bool:
+    try:
+        card = read_card(out)
+    except ModelDirError:
+        return False
+    return card.source == src and card.dtype == dtype
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from export.source import ExportError
+    from export.verify import verify
+
+    try:
+        report = verify(
+            args.dir,
+            args.reference,
+            args.texts,
+            args.min_cosine,
+            args.threads,
+            args.trust_remote_code,
+        )
+    except ExportError as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 1
+    verdict = "ok" if report.passed else "FAILED"
+    print(
+        f"min cosine {report.min_cosine:.8f}, mean cosine {report.mean_cosine:.8f} over "
+        f"{report.n_texts} texts against {report.reference} "
+        f"(threshold {report.threshold}): {verdict}"
+    )
+    return 0 if report.passed else 1
+
+
+def _embed(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set) if args.config else None
+    if config is None and not args.args:
+        raise ConfigError("embed needs a model directory (or --config)")
+    model_dir = config.model.dir if config else Path(args.args[0])
+    texts = list(args.args if config else args.args[1:]) or _stdin_lines()
+    embedder = Embedder.load(model_dir, **_runtime(args, config))
+    result = embedder.embed(texts, _options(args, config))
+    rejected = [(i, e) for i, e in enumerate(result.errors) if e is not None]
+    for i, reason in rejected:
+        print(f"embedpipe: text {i + 1} rejected: {reason}", file=sys.stderr)
+    if rejected:
+        return 1
+    json.dump(result.vectors.tolist(), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _stdin_lines() -> list[str]:
+    return sys.stdin.read().splitlines()
+
+
+def _options(args: argparse.Namespace, config: Config | None) -> EmbedOptions:
+    base: dict[str, Any] = config.embed.model_dump() if config else {}
+    flags = {
+        "normalize": args.normalize,
+        "truncate": args.truncate,
+        "truncation_direction": args.truncation_direction,
+        "prompt_name": args.prompt_name,
+    }
+    return EmbedOptions(**{**base, **{k: v for k, v in flags.items() if v is not None}})
+
+
+def _runtime(args: argparse.Namespace, config: Config | None) -> dict[str, Any]:
+    base: dict[str, Any] = config.runtime.model_dump() if config else {}
+    flags = {
+        "device": args.device,
+        "threads": args.threads,
+        "max_batch_tokens": args.max_batch_tokens,
+    }
+    return {**base, **{k: v for k, v in flags.items() if v is not None}}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
