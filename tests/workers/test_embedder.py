@@ -100,3 +100,8 @@ def test_cuda_where_onnxruntime_cannot_use_it_is_an_error(minilm_dir):
 def test_unknown_device_names_the_choices(minilm_dir):
     with pytest.raises(DeviceError, match="cpu, cuda"):
         OnnxSession(minilm_dir / MODEL_FILE, device="tpu")
+
+
+def test_an_empty_call_gives_an_empty_result(embedder):
+    got = embedder.embed([])
+    assert got.vectors.shape == (0, 384) and got.errors == ()
