@@ -7,6 +7,7 @@ which the runtime commands never do.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 from pipelines.config import Config, ConfigError, load_config
 from workers import Embedder, EmbedOptions, OptionError
-from workers.model_dir import ModelDirError, read_card
+from workers.model_dir import CARD_FILE, ModelDirError, read_card
 from workers.session import DeviceError
 
 EXPORT_HINT = "this command needs the export extra: pip install 'embedpipe[export]'"
@@ -91,7 +92,7 @@ def _add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-truncate", dest="truncate", action="store_const", const=False)
     p.add_argument("--truncation-direction", type=str.lower, choices=["left", "right"])
     p.add_argument("--prompt-name")
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
     p.add_argument("--max-batch-tokens", type=int)
     p.add_argument(
@@ -111,7 +112,10 @@ def _export(args: argparse.Namespace) -> int:
     src, out, dtype = args.model, args.out, args.dtype
     if args.config:
         model = load_config(args.config).model
-        src, out, dtype = src or model.source, out or model.dir, dtype or model.dtype
+        if (Path(model.source) / CARD_FILE).is_file():
+            print(f"{model.source} is an exported model directory already; nothing to export")
+            return 0
+        src, out, dtype = src or model.source, out or model.export_dir(), dtype or model.dtype
         if not args.force and _is_current(out, src, dtype):
             print(f"{out} already holds the {dtype} export of {src}; --force re-exports it")
             return 0
@@ -169,7 +173,7 @@ def _embed(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set) if args.config else None
     if config is None and not args.args:
         raise ConfigError("embed needs a model directory (or --config)")
-    model_dir = config.model.dir if config else Path(args.args[0])
+    model_dir = config.model.export_dir() if config else Path(args.args[0])
     texts = list(args.args if config else args.args[1:]) or _stdin_lines()
     embedder = Embedder.load(model_dir, **_runtime(args, config))
     result = embedder.embed(texts, _options(args, config))
@@ -188,18 +192,25 @@ def _stdin_lines() -> list[str]:
 
 
 def _options(args: argparse.Namespace, config: Config | None) -> EmbedOptions:
-    base: dict[str, Any] = config.embed.model_dump() if config else {}
+    base = config.embedding.options() if config else EmbedOptions()
     flags = {
         "normalize": args.normalize,
         "truncate": args.truncate,
         "truncation_direction": args.truncation_direction,
         "prompt_name": args.prompt_name,
     }
-    return EmbedOptions(**{**base, **{k: v for k, v in flags.items() if v is not None}})
+    return dataclasses.replace(base, **{k: v for k, v in flags.items() if v is not None})
 
 
 def _runtime(args: argparse.Namespace, config: Config | None) -> dict[str, Any]:
-    base: dict[str, Any] = config.runtime.model_dump() if config else {}
+    base: dict[str, Any] = {}
+    if config:
+        workers = config.workers
+        base = {
+            "device": workers.device,
+            "threads": workers.cpus_per_actor,
+            "max_batch_tokens": config.embedding.max_batch_tokens,
+        }
     flags = {
         "device": args.device,
         "threads": args.threads,

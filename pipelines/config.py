@@ -16,6 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from workers import EmbedOptions
+from workers.model_dir import CARD_FILE
+
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names file and key."""
@@ -26,35 +29,84 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    source: str  # local sentence-transformers dir, pkg:NAME or hub id
-    dir: Path  # where the exported model directory lives
-    dtype: Literal["fp32", "int8", "fp16"] = "fp32"
+    source: str  # hub id, sentence-transformers directory, pkg:NAME, or an exported model directory
+    dir: Path | None = None  # where an export is kept; needed unless source is an exported dir
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     optimize: bool = True
     trust_remote_code: bool = False
 
+    def export_dir(self) -> Path:
+        """The model directory to load: source itself when it is an export, else dir."""
+        if (Path(self.source) / CARD_FILE).is_file():
+            return Path(self.source)
+        if self.dir is None:
+            raise ConfigError(
+                f"model.dir is not set and model.source {self.source!r} is not an exported "
+                "model directory; set model.dir to where the export should be kept"
+            )
+        return self.dir
 
-class EmbedConfig(_Section):
+
+class InputConfig(_Section):
+    path: str  # file, directory or glob
+    id_column: str = "id"
+    text_column: str = "text"
+    keep_columns: list[str] = Field(default_factory=list)
+    rows_per_task: int = Field(default=20000, ge=1)
+
+
+class OutputConfig(_Section):
+    path: Path
+    partition_by: list[str] = Field(default_factory=list)
+
+
+class EmbeddingConfig(_Section):
     normalize: bool = True
-    prompt_name: str | None = None
     truncate: bool = True
     truncation_direction: Literal["left", "right"] = "right"
+    prompt_name: str | None = None
+    max_batch_tokens: int = Field(default=16384, ge=1)
 
     @field_validator("truncation_direction", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    def options(self) -> EmbedOptions:
+        return EmbedOptions(
+            normalize=self.normalize,
+            truncate=self.truncate,
+            truncation_direction=self.truncation_direction,
+            prompt_name=self.prompt_name,
+        )
 
-class RuntimeConfig(_Section):
-    device: Literal["cpu", "cuda"] = "cpu"
-    threads: int | None = Field(default=None, ge=1)
-    max_batch_tokens: int = Field(default=2048, ge=1)
+
+class WorkersConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_actors: int | Literal["auto"] = Field(default="auto")
+    cpus_per_actor: int = Field(default=2, ge=1)
+
+    @field_validator("num_actors")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'auto' or at least 1")
+        return value
+
+
+class RunConfig(_Section):
+    max_retries: int = Field(default=3, ge=0)
+    wait_for_model: bool = True
+    wait_timeout_s: float = Field(default=600, gt=0)
 
 
 class Config(_Section):
     model: ModelConfig
-    embed: EmbedConfig = EmbedConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+    input: InputConfig
+    output: OutputConfig
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    workers: WorkersConfig = WorkersConfig()
+    run: RunConfig = RunConfig()
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -66,7 +118,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (model, embed, runtime)")
+        sections = ", ".join(Config.model_fields)
+        raise ConfigError(f"{path} must hold a mapping of sections: {sections}")
     for override in overrides:
         _apply_override(raw, override)
     try:

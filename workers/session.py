@@ -16,6 +16,9 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
+# Where the NVIDIA driver lists the GPUs it sees; onnxruntime-gpu reports its CUDA provider as
+# available whether or not there is a GPU, so that alone cannot decide "auto".
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 OUTPUT = "sentence_embedding"
 INPUTS = ("input_ids", "attention_mask")
 
@@ -24,11 +27,20 @@ class DeviceError(RuntimeError):
     """The device asked for cannot be used by this onnxruntime on this machine."""
 
 
+def resolve_device(device: str) -> str:
+    """'auto' becomes 'cuda' where onnxruntime has CUDA and the machine a GPU, else 'cpu'."""
+    if device != "auto":
+        return device
+    has_gpu = NVIDIA_GPUS.is_dir() and any(NVIDIA_GPUS.iterdir())
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return "cuda" if has_gpu and cuda else "cpu"
+
+
 def providers_for(device: str, device_id: int = 0) -> list[str | tuple[str, dict[str, int]]]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device != "cuda":
-        raise DeviceError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise DeviceError(f"device must be auto or one of {', '.join(DEVICES)}, got {device!r}")
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise DeviceError(
@@ -42,6 +54,7 @@ class OnnxSession:
     def __init__(
         self, path: str | Path, device: str = "cpu", threads: int | None = None, device_id: int = 0
     ) -> None:
+        device = resolve_device(device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:

