@@ -1,0 +1,122 @@
+"""Run state under OUT: fingerprint, lock, done and failed markers, report, _SUCCESS.
+
+A rerun trusts only what a done marker names, and a done marker is written after its part file
+was renamed into place, so a crash at any moment leaves either a finished task or one to redo.
+The fingerprint (model sha256, options, input listing, schema) is written once; a run whose
+fingerprint differs is refused with what differs, so one OUT never mixes vectors. The lock is
+an flock held by the driver for the whole run: the kernel drops it when the process dies, so a
+killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from workers.model_dir import write_atomic
+
+FINGERPRINT_FILE = "_embedpipe.json"
+SUCCESS_FILE = "_SUCCESS"
+
+
+class StateError(RuntimeError):
+    """OUT cannot be written by this run: another run holds it, or it holds other vectors."""
+
+
+class RunState:
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.state = self.out / "_state"
+        self._lock: IO[str] | None = None
+
+    def acquire(self) -> None:
+        (self.state).mkdir(parents=True, exist_ok=True)
+        handle = open(self.state / "lock", "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StateError(
+                f"{self.out} is in use by another run ({holder}); wait for it to finish"
+            ) from err
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """Writes the fingerprint on first use; refuses one that differs from the stored one."""
+        path = self.out / FINGERPRINT_FILE
+        if not path.exists():
+            write_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            return
+        stored = json.loads(path.read_text())
+        if differences := _diff(stored, fingerprint):
+            raise StateError(
+                f"{self.out} holds the output of another model, options or input "
+                f"({'; '.join(differences[:5])}); write to a new output.path"
+            )
+
+    def done(self) -> dict[str, dict[str, Any]]:
+        return _read_markers(self.state / "done")
+
+    def failed(self) -> dict[str, dict[str, Any]]:
+        return _read_markers(self.state / "failed")
+
+    def mark_done(self, task_id: str, info: dict[str, Any]) -> None:
+        _write_marker(self.state / "done" / f"{task_id}.json", info)
+        (self.state / "failed" / f"{task_id}.json").unlink(missing_ok=True)
+
+    def mark_failed(self, task_id: str, info: dict[str, Any]) -> None:
+        _write_marker(self.state / "failed" / f"{task_id}.json", info)
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        _write_marker(self.state / "report.json", report)
+
+    def succeed(self) -> None:
+        write_atomic(self.out / SUCCESS_FILE, "")
+
+    def clear_success(self) -> None:
+        (self.out / SUCCESS_FILE).unlink(missing_ok=True)
+
+
+def _write_marker(path: Path, info: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def _read_markers(directory: Path) -> dict[str, dict[str, Any]]:
+    if not directory.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+def _diff(old: Any, new: Any, where: str = "") -> list[str]:
+    """Human-readable differences between two JSON values, by key path."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(old.keys() | new.keys()):
+            found += _diff(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+        return found
+    if old != new:
+        return [f"{where or 'fingerprint'}: {_short(old)} here, {_short(new)} now"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,96 @@
+"""Part files: one task's embeddings (and its rejects) as Parquet, written atomically.
+
+Declared schema: `id` string (ids from CSV, JSON and Parquet shards agree, and "00123" stays
+"00123"), `embedding` FixedSizeList<float32, dim>, `n_tokens` int32, `truncated` bool, then the
+kept columns; the run fingerprint rides in the schema metadata, so a lone part file still says
+which model and options made it. Files are written under a temporary name, fsynced and renamed,
+so a reader never sees half a file. Same rows in, same bytes out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FINGERPRINT_KEY = b"embedpipe.fingerprint"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def embeddings_table(
+    ids: list[str],
+    vectors: np.ndarray,
+    n_tokens: np.ndarray,
+    truncated: np.ndarray,
+    kept: pa.Table,
+    fingerprint: str,
+) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    columns = {
+        "id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        "n_tokens": pa.array(n_tokens, pa.int32()),
+        "truncated": pa.array(truncated, pa.bool_()),
+    }
+    table = pa.table({**columns, **{name: kept[name] for name in kept.column_names}})
+    return table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode()})
+
+
+def rejects_table(
+    file_key: str, rows: list[int], ids: list[str | None], reasons: list[str], fingerprint: str
+) -> pa.Table:
+    table = pa.table(
+        {
+            "file": pa.array([file_key] * len(rows), pa.string()),
+            "row": pa.array(rows, pa.int64()),
+            "id": pa.array(ids, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+        }
+    )
+    return table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode()})
+
+
+def partitions(table: pa.Table, partition_by: list[str]) -> list[tuple[str, pa.Table]]:
+    """(relative directory, rows) per hive partition, in a stable order; [("", table)] if none."""
+    if not partition_by or table.num_rows == 0:
+        return [("", table)]
+    keys = [tuple(table[c][i].as_py() for c in partition_by) for i in range(table.num_rows)]
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    rest = [c for c in table.column_names if c not in partition_by]
+    out = []
+    for key in sorted(groups, key=lambda k: tuple(str(v) for v in k)):
+        subdir = "/".join(f"{c}={_hive_value(v)}" for c, v in zip(partition_by, key, strict=True))
+        out.append((subdir, table.take(groups[key]).select(rest)))
+    return out
+
+
+def _hive_value(value: object) -> str:
+    return HIVE_NULL if value is None else urllib.parse.quote(str(value), safe="")
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> str:
+    """Writes table to path via a temporary file and rename; returns the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    data = tmp.read_bytes()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,42 @@
+"""Run state: the fingerprint guard, the lock, and markers."""
+
+import pytest
+
+from pipelines.state import RunState, StateError
+
+FINGERPRINT = {"model": {"sha256": "aaa", "dim": 384}, "options": {"normalize": True}}
+
+
+def test_first_run_writes_the_fingerprint_and_the_same_one_passes(tmp_path):
+    RunState(tmp_path).check_fingerprint(FINGERPRINT)
+    RunState(tmp_path).check_fingerprint(FINGERPRINT)
+    assert (tmp_path / "_embedpipe.json").exists()
+
+
+def test_another_model_or_option_is_refused_saying_what_differs(tmp_path):
+    RunState(tmp_path).check_fingerprint(FINGERPRINT)
+    other = {**FINGERPRINT, "options": {"normalize": False}}
+    with pytest.raises(StateError, match=r"options\.normalize: true here, false now"):
+        RunState(tmp_path).check_fingerprint(other)
+    other = {**FINGERPRINT, "model": {"sha256": "bbb", "dim": 384}}
+    with pytest.raises(StateError, match=r"model\.sha256"):
+        RunState(tmp_path).check_fingerprint(other)
+
+
+def test_a_second_run_on_a_held_output_is_refused(tmp_path):
+    first = RunState(tmp_path)
+    first.acquire()
+    with pytest.raises(StateError, match=r"in use by another run.*pid"):
+        RunState(tmp_path).acquire()
+    first.release()
+    second = RunState(tmp_path)
+    second.acquire()
+    second.release()
+
+
+def test_done_clears_failed_and_markers_read_back(tmp_path):
+    state = RunState(tmp_path)
+    state.mark_failed("t1", {"error": "boom", "attempts": 1})
+    assert state.failed() == {"t1": {"error": "boom", "attempts": 1}}
+    state.mark_done("t1", {"rows": 5})
+    assert state.done() == {"t1": {"rows": 5}} and state.failed() == {}
