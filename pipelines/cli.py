@@ -61,7 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(commands.add_parser("export", help="export a model to an ONNX model directory"))
     _add_verify(commands.add_parser("verify", help="compare a model directory to its reference"))
     _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
+    _add_run(commands.add_parser("run", help="embed a corpus into Parquet with Ray actors"))
+    _add_status(commands.add_parser("status", help="show the state of an output directory"))
     return parser
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="job config (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(handler=_run)
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="the output.path of a run")
+    p.set_defaults(handler=_status)
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
@@ -217,6 +230,50 @@ def _runtime(args: argparse.Namespace, config: Config | None) -> dict[str, Any]:
         "max_batch_tokens": args.max_batch_tokens,
     }
     return {**base, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.cluster import ClusterError
+    from pipelines.readers import InputError
+    from pipelines.run import run_job
+    from pipelines.state import StateError
+
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    logging.getLogger("embedpipe").setLevel(logging.INFO)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        report = run_job(config)
+    except (StateError, InputError, ModelDirError) as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 2
+    except ClusterError as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 1
+    _print_summary(report)
+    return 0 if report["tasks_done"] == report["tasks_total"] else 1
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    print(
+        f"{report['tasks_done']}/{report['tasks_total']} tasks done, "
+        f"{report['tasks_failed']} failed; {report['rows_embedded']:,} rows embedded, "
+        f"{report['rows_rejected']:,} rejected, {report['tokens']:,} tokens "
+        f"in {report['seconds']:.1f} s (start-up {report['seconds_startup']:.1f} s)"
+    )
+    for task_id, reason in report["failures"].items():
+        print(f"  failed {task_id}: {reason}")
+    print(f"output: {report['output']}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipelines.status import describe
+
+    print(describe(args.out))
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def plan_tasks(files: list[InputFile], rows_per_task: int) -> list[Task]:
         raise ValueError(f"rows_per_task must be at least 1, got {rows_per_task}")
     tasks = []
     for file in files:
+        if file.rows is None:  # unreadable: one task, which fails with the file's error
+            tasks.append(Task(task_id(file.key, 0, 0), file, 0, 0))
+            continue
         for start in range(0, file.rows, rows_per_task):
             stop = min(start + rows_per_task, file.rows)
             tasks.append(Task(task_id(file.key, start, stop), file, start, stop))

@@ -28,8 +28,9 @@ class InputFile:
     path: str  # as found on disk
     key: str  # relative to the input root: stable when the same data is mounted elsewhere
     format: str
-    rows: int
+    rows: int | None  # None: the file could not be read; `error` says why
     size: int
+    error: str | None = None
 
 
 def list_inputs(path: str) -> list[InputFile]:
@@ -46,7 +47,12 @@ def list_inputs(path: str) -> list[InputFile]:
                 f"{', '.join(FORMATS)} (or start with '_' or '.' to be skipped)"
             )
         key = file.relative_to(root).as_posix() if root != file else file.name
-        files.append(InputFile(str(file), key, fmt, count_rows(file, fmt), file.stat().st_size))
+        try:
+            rows, error = count_rows(file, fmt), None
+        except InputError as err:
+            # One corrupt shard must not stop the others: it becomes a task that fails.
+            rows, error = None, str(err)
+        files.append(InputFile(str(file), key, fmt, rows, file.stat().st_size, error))
     return files
 
 
@@ -87,8 +93,13 @@ def _scan(path: str | Path, fmt: str) -> pl.LazyFrame:
 
 def read_rows(file: InputFile, start: int, stop: int, columns: list[str]) -> pl.DataFrame:
     """Rows [start, stop) of one file, only the named columns, which must all exist."""
+    if file.error is not None:
+        raise InputError(file.error)
     scan = _scan(file.path, file.format)
-    present = scan.collect_schema().names()
+    try:
+        present = scan.collect_schema().names()
+    except Exception as err:
+        raise InputError(f"{file.path}: cannot read it as {file.format}: {err}") from err
     if missing := [c for c in columns if c not in present]:
         raise InputError(
             f"{file.path}: column(s) {', '.join(missing)} not found; columns are: "

@@ -84,6 +84,13 @@ class RunState:
     def mark_failed(self, task_id: str, info: dict[str, Any]) -> None:
         _write_marker(self.state / "failed" / f"{task_id}.json", info)
 
+    def write_plan(self, tasks: list[dict[str, Any]]) -> None:
+        _write_marker(self.state / "plan.json", {"tasks": tasks})
+
+    def plan(self) -> list[dict[str, Any]]:
+        path = self.state / "plan.json"
+        return list(json.loads(path.read_text())["tasks"]) if path.is_file() else []
+
     def write_report(self, report: dict[str, Any]) -> None:
         _write_marker(self.state / "report.json", report)
 

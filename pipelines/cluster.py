@@ -1,0 +1,107 @@
+"""Ray and the actors: connect (RAY_ADDRESS, or an embedded local Ray), size and place actors,
+and wait for them to load the model, never forever.
+
+With `wait_for_model: false` a missing resource fails at once; otherwise the wait ends after
+`wait_timeout_s` with a message that says which resource the cluster lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from pipelines.config import Config
+from workers.actor import EmbedActor
+
+log = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """Actors cannot be placed or loaded; the message names the missing resource."""
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    device: str  # cpu | cuda
+    count: int
+    num_cpus: int
+    num_gpus: int
+
+
+def connect() -> None:
+    if ray.is_initialized():
+        return
+    # Ray reads RAY_ADDRESS itself; without it, ray.init() starts a local Ray in this process.
+    ray.init(log_to_driver=True, include_dashboard=False, logging_level=logging.WARNING)
+    log.info("ray: %s", os.environ.get("RAY_ADDRESS", "embedded local instance"))
+
+
+def plan_actors(config: Config, n_tasks: int) -> ActorPlan:
+    workers = config.workers
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    device = workers.device if workers.device != "auto" else ("cuda" if gpus else "cpu")
+    if device == "cuda":
+        count = gpus if workers.num_actors == "auto" else int(workers.num_actors)
+        plan = ActorPlan("cuda", max(count, 1), 1, 1)
+    else:
+        per = min(workers.cpus_per_actor, max(cpus, 1))
+        count = max(cpus // per, 1) if workers.num_actors == "auto" else int(workers.num_actors)
+        plan = ActorPlan("cpu", count, per, 0)
+    return ActorPlan(plan.device, min(plan.count, max(n_tasks, 1)), plan.num_cpus, plan.num_gpus)
+
+
+def missing_resources(plan: ActorPlan) -> str | None:
+    """What the cluster lacks for the planned actors, or None when it has enough."""
+    resources = ray.cluster_resources()
+    needs = {"GPU": plan.num_gpus * plan.count, "CPU": plan.num_cpus * plan.count}
+    short = [
+        f"{need} {name} (the cluster has {int(resources.get(name, 0))})"
+        for name, need in needs.items()
+        if need > resources.get(name, 0)
+    ]
+    if not short:
+        return None
+    return f"{plan.count} {plan.device} actor(s) need " + " and ".join(short)
+
+
+def start_actors(config: Config, plan: ActorPlan, model_dir: str) -> list[Any]:
+    run = config.run
+    lacking = missing_resources(plan)
+    if lacking and not run.wait_for_model:
+        raise ClusterError(f"{lacking}; not waiting, since run.wait_for_model is false")
+    actors = [
+        EmbedActor.options(  # type: ignore[attr-defined]  # ray.remote wraps the class
+            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
+        ).remote(model_dir, plan.device, plan.num_cpus, config.embedding.max_batch_tokens)
+        for _ in range(plan.count)
+    ]
+    wait_ready(actors, run.wait_timeout_s, lacking)
+    return actors
+
+
+def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None) -> None:
+    refs = [actor.ready.remote() for actor in actors]
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        for ref in done:
+            try:
+                info = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                raise ClusterError(f"an actor could not load the model: {err}") from err
+            log.info("actor ready: pid %s on %s (%s)", info["pid"], info["node"], info["device"])
+        if pending and time.monotonic() > deadline:
+            for actor in actors:
+                ray.kill(actor)
+            reason = lacking or "the actors did not finish loading the model"
+            raise ClusterError(
+                f"{len(pending)} of {len(actors)} actor(s) not ready after {timeout_s:g} s: "
+                f"{reason}. Raise run.wait_timeout_s, or change workers.device/num_actors"
+            )

@@ -1,0 +1,104 @@
+"""Everything the driver decides before any actor starts: the model directory (exported on first
+use), the input listing and tasks, the run fingerprint and the output's state.
+
+The fingerprint holds what determines the vectors and the layout (model sha256, embedding
+options, columns, rows_per_task, partitioning, the input listing, the schema); batch size and
+actor count are left out on purpose: they change speed, not results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import Config
+from pipelines.planning import Task, plan_tasks
+from pipelines.readers import InputFile, list_inputs
+from pipelines.task import TaskSpec
+from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, read_card
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    config: Config
+    model_dir: Path
+    card: ModelCard
+    files: list[InputFile]
+    tasks: list[Task]
+    fingerprint: dict[str, Any]
+
+    def spec(self, task: Task) -> TaskSpec:
+        inp, out = self.config.input, self.config.output
+        return TaskSpec(
+            task=task,
+            out=str(out.path),
+            id_column=inp.id_column,
+            text_column=inp.text_column,
+            keep_columns=tuple(inp.keep_columns),
+            partition_by=tuple(out.partition_by),
+            options=self.config.embedding.options(),
+            fingerprint=json.dumps(self.fingerprint, sort_keys=True),
+        )
+
+
+def prepare(config: Config) -> Job:
+    model_dir = ensure_model(config)
+    card = read_card(model_dir)
+    files = list_inputs(config.input.path)
+    tasks = plan_tasks(files, config.input.rows_per_task)
+    return Job(config, model_dir, card, files, tasks, fingerprint(config, card, files))
+
+
+def ensure_model(config: Config) -> Path:
+    """The model directory; exported from model.source on first use when it is missing."""
+    model = config.model
+    model_dir = model.export_dir()
+    try:
+        card = read_card(model_dir)
+    except ModelDirError:
+        if (model_dir / CARD_FILE).exists():
+            raise
+        log.info("no export at %s yet: exporting %s (%s)", model_dir, model.source, model.dtype)
+        from export.exporter import export_model  # needs the export extra, only now
+
+        export_model(model.source, model_dir, model.dtype, model.optimize, model.trust_remote_code)
+        return model_dir
+    if card.dtype != model.dtype:
+        raise ModelDirError(
+            f"{model_dir} holds a {card.dtype} export but model.dtype is {model.dtype}; "
+            "point model.dir elsewhere or set model.dtype to match"
+        )
+    return model_dir
+
+
+def fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -> dict[str, Any]:
+    inp, out = config.input, config.output
+    return {
+        "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
+        "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),
+        "columns": {
+            "id": inp.id_column,
+            "text": inp.text_column,
+            "keep": list(inp.keep_columns),
+            "partition_by": list(out.partition_by),
+        },
+        "rows_per_task": inp.rows_per_task,
+        "inputs": [
+            {"key": f.key, "format": f.format, "rows": f.rows, "size": f.size} for f in files
+        ],
+        "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
+        "truncated bool, then the kept columns",
+    }
+
+
+def save_resolved_config(config: Config, out: Path) -> None:
+    path = out / "_state" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,71 @@
+"""Progress: a live bar on a terminal, a log line every few seconds otherwise (what `ray job
+logs` shows), both with rows, tokens/s, ETA and failures."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+log = logging.getLogger("embedpipe.progress")
+
+
+class Progress:
+    def __init__(
+        self, total_rows: int, done_rows: int, stream: TextIO = sys.stderr, interval_s: float = 5
+    ) -> None:
+        self.total_rows = total_rows
+        self.rows = done_rows
+        self.tokens = 0
+        self.failures = 0
+        self._start_rows = done_rows
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._interval = 0.2 if self._tty else interval_s
+        self._started = time.monotonic()
+        self._shown = 0.0
+
+    def task_done(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+
+    def task_failed(self) -> None:
+        self.failures += 1
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._shown < self._interval:
+            return
+        self._shown = now
+        line = self.line(now - self._started)
+        if self._tty:
+            self._stream.write("\r" + line.ljust(100))
+            self._stream.flush()
+        else:
+            log.info(line)
+
+    def close(self) -> None:
+        self.tick(force=True)
+        if self._tty:
+            self._stream.write("\n")
+
+    def line(self, elapsed: float) -> str:
+        share = self.rows / self.total_rows if self.total_rows else 1.0
+        width = 24
+        bar = "#" * int(share * width) + "." * (width - int(share * width))
+        rate = (self.rows - self._start_rows) / elapsed if elapsed > 0 else 0.0
+        left = (self.total_rows - self.rows) / rate if rate > 0 else float("inf")
+        return (
+            f"[{bar}] {self.rows:,}/{self.total_rows:,} rows  "
+            f"{self.tokens / max(elapsed, 1e-9):,.0f} tokens/s  ETA {_duration(left)}  "
+            f"failures {self.failures}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

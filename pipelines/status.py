@@ -1,0 +1,41 @@
+"""`embedpipe status OUT`: what a run has done, from its state files alone (no Ray, no data).
+
+The tasks come from the plan the last run saved, so status works while a run is going, after it
+was killed, and on a copy of the output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.state import FINGERPRINT_FILE, SUCCESS_FILE, RunState, StateError
+
+
+def describe(out: Path) -> str:
+    path = out / FINGERPRINT_FILE
+    if not path.is_file():
+        raise StateError(f"{out} holds no embedpipe run ({FINGERPRINT_FILE} is missing)")
+    fingerprint = json.loads(path.read_text())
+    model = fingerprint["model"]
+    state = RunState(out)
+    planned = {entry["task"] for entry in state.plan()}
+    total = len(planned)
+    done = {k: v for k, v in state.done().items() if k in planned}
+    failed = {k: v for k, v in state.failed().items() if k in planned and k not in done}
+    rows = sum(m["embedded"] for m in done.values())
+    rejected = sum(m["rejected"] for m in done.values())
+    tokens = sum(m["tokens"] for m in done.values())
+    lines = [
+        f"{out}: {'complete' if (out / SUCCESS_FILE).exists() else 'not complete'}",
+        f"tasks: {len(done)} done, {len(failed)} failed, {total - len(done) - len(failed)} "
+        f"remaining of {total}",
+        f"rows: {rows:,} embedded, {rejected:,} rejected; tokens: {tokens:,}",
+        f"model: {model['source']} (sha256 {model['onnx_sha256'][:12]})",
+    ]
+    for task_id, marker in failed.items():
+        lines.append(
+            f"failed {task_id} ({marker['file']}, rows {marker['rows'][0]}-{marker['rows'][1]}, "
+            f"{marker['attempts']} attempts): {marker['message']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""One task, start to finish, inside an actor: read its rows, embed them, write its files.
+
+This is the code the driver sends to an actor (which holds the loaded embedder), so it needs no
+Ray. Every row of the task ends in exactly one place: its part file or the rejects, with the
+reason. Ids are checked here (null, or repeated inside the task); texts by the embedder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.planning import Task
+from pipelines.readers import read_rows
+from pipelines.writers import embeddings_table, partitions, rejects_table, write_parquet_atomic
+from workers import Embedder, EmbedOptions
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What an actor needs to run one task; small and picklable."""
+
+    task: Task
+    out: str
+    id_column: str
+    text_column: str
+    keep_columns: tuple[str, ...]
+    partition_by: tuple[str, ...]
+    options: EmbedOptions
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    rows: int
+    embedded: int
+    rejected: int
+    tokens: int
+    seconds: dict[str, float]
+    files: list[dict[str, Any]] = field(default_factory=list)
+    input_key: str = ""
+    input_size: int = 0
+
+    def as_marker(self) -> dict[str, Any]:
+        return {
+            "input": {"key": self.input_key, "size": self.input_size},
+            "rows": self.rows,
+            "embedded": self.embedded,
+            "rejected": self.rejected,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "files": self.files,
+        }
+
+
+def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
+    task, clock = spec.task, time.perf_counter()
+    columns = list(dict.fromkeys([spec.id_column, spec.text_column, *spec.keep_columns]))
+    frame = read_rows(task.file, task.start, task.stop, columns)
+    read_s, clock = time.perf_counter() - clock, time.perf_counter()
+    ids = [None if v is None else str(v) for v in frame[spec.id_column].to_list()]
+    reasons = id_problems(ids)
+    live = [i for i, r in enumerate(reasons) if r is None]
+    texts = frame[spec.text_column].to_list()
+    result = embedder.embed([texts[i] for i in live], spec.options)
+    for i, error in zip(live, result.errors, strict=True):
+        reasons[i] = error
+    embed_s, clock = time.perf_counter() - clock, time.perf_counter()
+    ok = np.array([e is None for e in result.errors], dtype=bool)
+    rows = [live[i] for i in np.flatnonzero(ok)]
+    kept = frame.select(list(spec.keep_columns)).to_arrow()
+    table = embeddings_table(
+        [str(ids[i]) for i in rows],
+        result.vectors[ok],
+        result.n_tokens[ok],
+        result.truncated[ok],
+        kept.take(pa.array(rows, pa.int64())),
+        spec.fingerprint,
+    )
+    files = write_parts(table, spec)
+    files += write_rejects(ids, reasons, spec)
+    write_s = time.perf_counter() - clock
+    return TaskResult(
+        task_id=task.task_id,
+        rows=task.rows,
+        embedded=len(rows),
+        rejected=task.rows - len(rows),
+        tokens=int(result.n_tokens[ok].sum()),
+        seconds={"read": read_s, "embed": embed_s, "write": write_s},
+        files=files,
+        input_key=task.file.key,
+        input_size=task.file.size,
+    )
+
+
+def id_problems(ids: list[str | None]) -> list[str | None]:
+    """Why each row's id is unusable (null, or repeated within the task); None when fine."""
+    first: dict[str, int] = {}
+    reasons: list[str | None] = []
+    for row, value in enumerate(ids):
+        if value is None:
+            reasons.append("id is null")
+        elif value in first:
+            reasons.append(f"id {value!r} repeats the id of row {first[value]} of this task")
+        else:
+            first[value] = row
+            reasons.append(None)
+    return reasons
+
+
+def write_parts(table: pa.Table, spec: TaskSpec) -> list[dict[str, Any]]:
+    if table.num_rows == 0:
+        return []
+    files = []
+    for subdir, rows in partitions(table, list(spec.partition_by)):
+        relative = Path(subdir) / f"part-{spec.task.task_id}.parquet"
+        sha = write_parquet_atomic(rows, Path(spec.out) / relative)
+        files.append({"path": relative.as_posix(), "rows": rows.num_rows, "sha256": sha})
+    return files
+
+
+def write_rejects(
+    ids: list[str | None], reasons: list[str | None], spec: TaskSpec
+) -> list[dict[str, Any]]:
+    bad = [i for i, r in enumerate(reasons) if r is not None]
+    if not bad:
+        return []
+    task = spec.task
+    table = rejects_table(
+        task.file.key,
+        [task.start + i for i in bad],
+        [ids[i] for i in bad],
+        [str(reasons[i]) for i in bad],
+        spec.fingerprint,
+    )
+    relative = Path("_rejects") / f"part-{task.task_id}.parquet"
+    sha = write_parquet_atomic(table, Path(spec.out) / relative)
+    return [{"path": relative.as_posix(), "rows": len(bad), "sha256": sha, "rejects": True}]

@@ -1,0 +1,83 @@
+"""One task run directly (no Ray): every row lands in the part or the rejects, exactly once."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.planning import plan_tasks
+from pipelines.readers import list_inputs
+from pipelines.task import TaskSpec, id_problems, run_task
+from workers import Embedder, EmbedOptions
+
+ROWS = [
+    {"id": "a", "text": "first document", "lang": "en"},
+    {"id": None, "text": "no id", "lang": "en"},
+    {"id": "b", "text": "", "lang": "de"},
+    {"id": "a", "text": "repeats a", "lang": "de"},
+    {"id": "c", "text": "third document", "lang": "de"},
+    {"id": "d", "text": "   ", "lang": "en"},
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_dir):
+    return Embedder.load(minilm_dir, threads=2)
+
+
+def spec_for(tmp_path, partition_by=()):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    task = plan_tasks(list_inputs(str(src)), 100)[0]
+    return TaskSpec(
+        task,
+        str(tmp_path / "out"),
+        "id",
+        "text",
+        ("lang",),
+        tuple(partition_by),
+        EmbedOptions(),
+        '{"fp": 1}',
+    )
+
+
+def test_every_row_is_embedded_or_rejected_once(tmp_path, embedder):
+    result = run_task(embedder, spec_for(tmp_path))
+    out = tmp_path / "out"
+    part = pl.read_parquet(out / f"part-{result.task_id}.parquet")
+    rejects = pl.read_parquet(out / "_rejects" / f"part-{result.task_id}.parquet")
+    assert part["id"].to_list() == ["a", "c"] and part["lang"].to_list() == ["en", "de"]
+    assert rejects["row"].to_list() == [1, 2, 3, 5]
+    reasons = dict(zip(rejects["row"].to_list(), rejects["reason"].to_list(), strict=True))
+    assert reasons[1] == "id is null" and "empty" in reasons[2]
+    assert "repeats the id of row 0" in reasons[3] and "whitespace" in reasons[5]
+    assert (result.rows, result.embedded, result.rejected) == (6, 2, 4)
+
+
+def test_vectors_equal_the_embedders_direct_output(tmp_path, embedder):
+    result = run_task(embedder, spec_for(tmp_path))
+    part = pl.read_parquet(tmp_path / "out" / f"part-{result.task_id}.parquet")
+    direct = embedder.embed(["first document", "third document"])
+    np.testing.assert_allclose(np.stack(part["embedding"].to_numpy()), direct.vectors, atol=1e-6)
+    assert part["n_tokens"].to_list() == direct.n_tokens.tolist()
+    assert result.tokens == int(direct.n_tokens.sum())
+
+
+def test_partitions_are_hive_directories(tmp_path, embedder):
+    result = run_task(embedder, spec_for(tmp_path, ["lang"]))
+    assert sorted(f["path"] for f in result.files if not f.get("rejects")) == [
+        f"lang=de/part-{result.task_id}.parquet",
+        f"lang=en/part-{result.task_id}.parquet",
+    ]
+    dataset = pl.read_parquet(tmp_path / "out" / "lang=*" / "*.parquet", hive_partitioning=True)
+    assert sorted(dataset["id"].to_list()) == ["a", "c"]
+
+
+def test_id_problems():
+    assert id_problems(["x", None, "x", "y"]) == [
+        None,
+        "id is null",
+        "id 'x' repeats the id of row 0 of this task",
+        None,
+    ]

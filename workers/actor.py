@@ -1,0 +1,39 @@
+"""The Ray actor: one loaded embedder per actor, pinned to one GPU or a few CPUs by the driver.
+
+The actor holds the model and runs whatever task function the driver sends it (the pipelines'
+`run_task`), so workers/ stays free of readers and writers. Ray restarts a crashed actor (the
+constructor reloads the model); a call in flight when it died fails with RayActorError and the
+driver resubmits that task. Calls are never retried by Ray itself: the driver counts attempts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import ray
+
+from workers.embedder import Embedder
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class EmbedActor:
+    def __init__(self, model_dir: str, device: str, threads: int, max_batch_tokens: int) -> None:
+        self.embedder = Embedder.load(
+            model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
+        )
+
+    def ready(self) -> dict[str, Any]:
+        """Answers once the model is loaded: where this actor runs."""
+        return {
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "device": self.embedder.session.device,
+        }
+
+    def call(self, fn: Callable[[Embedder, T], R], arg: T) -> R:
+        return fn(self.embedder, arg)
