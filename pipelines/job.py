@@ -90,9 +90,9 @@ def fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -> dict
             "partition_by": list(out.partition_by),
         },
         "rows_per_task": inp.rows_per_task,
-        "inputs": [
-            {"key": f.key, "format": f.format, "rows": f.rows, "size": f.size} for f in files
-        ],
+        # Keys only: a shard fixed after a failed run must not make its output refuse the rerun.
+        # A changed file under a done task is caught by that task's done marker instead.
+        "inputs": [{"key": f.key, "format": f.format} for f in files],
         "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
         "truncated bool, then the kept columns",
     }

@@ -119,6 +119,14 @@ def _diff(old: Any, new: Any, where: str = "") -> list[str]:
         for key in sorted(old.keys() | new.keys()):
             found += _diff(old.get(key), new.get(key), f"{where}.{key}" if where else key)
         return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for d in _diff(a, b, f"{where}[{i}]")
+        ]
+    if isinstance(old, list) and isinstance(new, list):
+        return [f"{where}: {len(old)} entries here, {len(new)} now"]
     if old != new:
         return [f"{where or 'fingerprint'}: {_short(old)} here, {_short(new)} now"]
     return []

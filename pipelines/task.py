@@ -65,7 +65,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     frame = read_rows(task.file, task.start, task.stop, columns)
     read_s, clock = time.perf_counter() - clock, time.perf_counter()
     ids = [None if v is None else str(v) for v in frame[spec.id_column].to_list()]
-    reasons = id_problems(ids)
+    reasons = id_problems(ids, task.file.key, task.start)
     live = [i for i, r in enumerate(reasons) if r is None]
     texts = frame[spec.text_column].to_list()
     result = embedder.embed([texts[i] for i in live], spec.options)
@@ -99,7 +99,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     )
 
 
-def id_problems(ids: list[str | None]) -> list[str | None]:
+def id_problems(ids: list[str | None], file_key: str, first_row: int) -> list[str | None]:
     """Why each row's id is unusable (null, or repeated within the task); None when fine."""
     first: dict[str, int] = {}
     reasons: list[str | None] = []
@@ -107,7 +107,7 @@ def id_problems(ids: list[str | None]) -> list[str | None]:
         if value is None:
             reasons.append("id is null")
         elif value in first:
-            reasons.append(f"id {value!r} repeats the id of row {first[value]} of this task")
+            reasons.append(f"id {value!r} repeats row {first_row + first[value]} of {file_key}")
         else:
             first[value] = row
             reasons.append(None)

@@ -40,3 +40,12 @@ def test_done_clears_failed_and_markers_read_back(tmp_path):
     assert state.failed() == {"t1": {"error": "boom", "attempts": 1}}
     state.mark_done("t1", {"rows": 5})
     assert state.done() == {"t1": {"rows": 5}} and state.failed() == {}
+
+
+def test_a_changed_input_listing_is_named_by_entry(tmp_path):
+    state = RunState(tmp_path)
+    state.check_fingerprint({"inputs": [{"key": "a.csv"}, {"key": "b.csv"}]})
+    with pytest.raises(StateError, match=r'inputs\[1\]\.key: "b.csv" here, "c.csv" now'):
+        state.check_fingerprint({"inputs": [{"key": "a.csv"}, {"key": "c.csv"}]})
+    with pytest.raises(StateError, match="inputs: 2 entries here, 3 now"):
+        state.check_fingerprint({"inputs": [{"key": "a.csv"}, {"key": "b.csv"}, {"key": "d"}]})

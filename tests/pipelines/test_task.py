@@ -51,7 +51,7 @@ def test_every_row_is_embedded_or_rejected_once(tmp_path, embedder):
     assert rejects["row"].to_list() == [1, 2, 3, 5]
     reasons = dict(zip(rejects["row"].to_list(), rejects["reason"].to_list(), strict=True))
     assert reasons[1] == "id is null" and "empty" in reasons[2]
-    assert "repeats the id of row 0" in reasons[3] and "whitespace" in reasons[5]
+    assert reasons[3] == "id 'a' repeats row 0 of in.jsonl" and "whitespace" in reasons[5]
     assert (result.rows, result.embedded, result.rejected) == (6, 2, 4)
 
 
@@ -74,10 +74,10 @@ def test_partitions_are_hive_directories(tmp_path, embedder):
     assert sorted(dataset["id"].to_list()) == ["a", "c"]
 
 
-def test_id_problems():
-    assert id_problems(["x", None, "x", "y"]) == [
+def test_id_problems_name_the_file_row_of_the_first_use():
+    assert id_problems(["x", None, "x", "y"], "f.csv", 100) == [
         None,
         "id is null",
-        "id 'x' repeats the id of row 0 of this task",
+        "id 'x' repeats row 100 of f.csv",
         None,
     ]

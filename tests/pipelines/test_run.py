@@ -1,0 +1,235 @@
+"""`embedpipe run` end to end on a local Ray: exactly once, resume, faults, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.run import run_job
+from pipelines.state import RunState
+from pipelines.writers import FINGERPRINT_KEY
+from workers import Embedder
+
+ROWS_PER_SHARD = 30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def make_corpus(root: Path, texts: list[str]) -> Path:
+    """Six shards, two per format; the second CSV has bad rows."""
+    root.mkdir(parents=True)
+    rows = [
+        {"id": f"doc-{i:04d}", "text": texts[i % len(texts)], "title": f"title {i}"}
+        for i in range(6 * ROWS_PER_SHARD)
+    ]
+    shards = [rows[i : i + ROWS_PER_SHARD] for i in range(0, len(rows), ROWS_PER_SHARD)]
+    pl.DataFrame(shards[0]).write_parquet(root / "s0.parquet")
+    pl.DataFrame(shards[1]).write_parquet(root / "s1.parquet")
+    for n in (2, 3):
+        (root / f"s{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shards[n]))
+    pl.DataFrame(shards[4]).write_csv(root / "s4.csv")
+    bad = shards[5]
+    bad[0]["text"], bad[1]["id"], bad[2]["text"], bad[3]["id"] = "", None, "   ", bad[4]["id"]
+    pl.DataFrame(bad).write_csv(root / "s5.csv")
+    return root
+
+
+@pytest.fixture
+def job_conf(tmp_path, minilm_dir, parity_texts):
+    corpus = make_corpus(tmp_path / "in", [t for t in parity_texts if len(t) < 400][:50])
+
+    def conf(out="out", **over):
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(
+            f"model: {{source: {minilm_dir}}}\n"
+            f"input: {{path: {corpus}, rows_per_task: 12, keep_columns: [title]}}\n"
+            f"output: {{path: {tmp_path / out}}}\n"
+            "embedding: {max_batch_tokens: 2048}\n"
+            "workers: {device: cpu, cpus_per_actor: 1, num_actors: 2}\n"
+        )
+        return path, [f"{k}={v}" for k, v in over.items()]
+
+    return conf
+
+
+def read_inputs(root: Path) -> pl.DataFrame:
+    frames = [pl.read_parquet(p) for p in root.glob("*.parquet")]
+    frames += [pl.read_ndjson(p) for p in root.glob("*.jsonl")]
+    frames += [pl.read_csv(p, infer_schema=False) for p in root.glob("*.csv")]
+    return pl.concat(frames).filter(pl.col("id").is_not_null())
+
+
+def read_output(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    parts = pl.read_parquet(out / "part-*.parquet")
+    rejects = pl.read_parquet(out / "_rejects" / "*.parquet")
+    return parts, rejects
+
+
+def test_every_row_once_with_the_embedders_vectors(job_conf, minilm_dir):
+    path, over = job_conf()
+    report = run_job(load_config(path, over))
+    out = Path(report["output"])
+    parts, rejects = read_output(out)
+    assert report["tasks_done"] == report["tasks_total"] and (out / "_SUCCESS").exists()
+    assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
+    assert parts["id"].n_unique() == len(parts)
+    assert sorted(rejects["reason"].to_list()) == [
+        "id 'doc-0154' repeats row 3 of s5.csv",
+        "id is null",
+        "text is empty",
+        "text is only whitespace",
+    ]
+    # ids and kept columns travel together; the vectors are the embedder's own
+    inputs = read_inputs(out.parent / "in")
+    pairs = set(zip(inputs["id"], inputs["title"], strict=True))
+    assert all(pair in pairs for pair in zip(parts["id"], parts["title"], strict=True))
+    texts = dict(zip(inputs["id"], inputs["text"], strict=True))
+    sample = parts.sort("id").head(40)
+    direct = Embedder.load(minilm_dir).embed([texts[i] for i in sample["id"]])
+    np.testing.assert_allclose(np.stack(sample["embedding"].to_numpy()), direct.vectors, atol=1e-5)
+
+
+def test_schema_is_exactly_the_declared_one(job_conf):
+    path, over = job_conf()
+    out = Path(run_job(load_config(path, over))["output"])
+    schema = pq.read_schema(next(out.glob("part-*.parquet")))
+    assert schema.names == ["id", "embedding", "n_tokens", "truncated", "title"]
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    assert [str(schema.field(n).type) for n in ("id", "n_tokens", "truncated")] == [
+        "string",
+        "int32",
+        "bool",
+    ]
+    assert json.loads(schema.metadata[FINGERPRINT_KEY]) == json.loads(
+        (out / "_embedpipe.json").read_text()
+    )
+
+
+def test_resume_redoes_only_the_missing_task_to_the_same_bytes(job_conf):
+    path, over = job_conf()
+    out = Path(run_job(load_config(path, over))["output"])
+    markers = sorted((out / "_state" / "done").glob("*.json"))
+    victim = markers[3]
+    part = out / f"part-{victim.stem}.parquet"
+    before = part.read_bytes()
+    others = {m: m.stat().st_mtime_ns for m in markers if m != victim}
+    victim.unlink()
+    part.unlink()
+    report = run_job(load_config(path, over))
+    assert report["tasks_done"] == report["tasks_total"]
+    assert part.read_bytes() == before
+    assert {m: m.stat().st_mtime_ns for m in others} == others
+
+
+def test_one_and_two_actors_give_the_same_bytes(job_conf):
+    one = Path(run_job(load_config(*job_conf("one", **{"workers.num_actors": 1})))["output"])
+    two = Path(run_job(load_config(*job_conf("two", **{"workers.num_actors": 2})))["output"])
+    names = sorted(p.name for p in one.glob("part-*.parquet"))
+    assert names == sorted(p.name for p in two.glob("part-*.parquet"))
+    assert all((one / n).read_bytes() == (two / n).read_bytes() for n in names)
+
+
+def test_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_completes(job_conf, tmp_path, capsys):
+    shard = tmp_path / "in" / "s1.parquet"
+    good = shard.read_bytes()
+    shard.write_bytes(b"PAR1 this is not parquet")
+    path, over = job_conf(**{"run.max_retries": 1})
+    assert main(["run", str(path), *over]) == 1
+    out = tmp_path / "out"
+    failed = RunState(out).failed()
+    assert len(failed) == 1
+    marker = next(iter(failed.values()))
+    assert (
+        marker["file"].endswith("s1.parquet") and "cannot read it as parquet" in marker["message"]
+    )
+    assert marker["attempts"] == 2
+    assert not (out / "_SUCCESS").exists()
+    assert len(RunState(out).done()) == 15  # 5 good shards, each 30 rows in tasks of 12
+    printed = capsys.readouterr().out
+    assert "15/16 tasks done, 1 failed" in printed and "failed s1_parquet-" in printed
+    shard.write_bytes(good)
+    assert main(["run", str(path), *over]) == 0
+    assert (out / "_SUCCESS").exists()
+    parts, rejects = read_output(out)
+    assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
+
+
+def test_other_options_on_the_same_output_are_refused(job_conf, capsys):
+    path, over = job_conf()
+    assert main(["run", str(path), *over]) == 0
+    assert main(["run", str(path), *over, "embedding.normalize=false"]) == 2
+    assert "options.normalize: true here, false now" in capsys.readouterr().err
+
+
+def test_a_second_run_on_a_held_output_is_refused(job_conf, tmp_path, capsys):
+    path, over = job_conf()
+    holder = RunState(tmp_path / "out")
+    holder.acquire()
+    try:
+        assert main(["run", str(path), *over]) == 2
+    finally:
+        holder.release()
+    assert "in use by another run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wait", ["run.wait_for_model=false", "run.wait_timeout_s=3"])
+def test_cuda_without_a_gpu_fails_fast_naming_the_resource(job_conf, capsys, wait):
+    from tests.conftest import has_gpu
+
+    if has_gpu():
+        pytest.skip("this machine has a GPU")
+    path, over = job_conf()
+    started = time.monotonic()
+    assert main(["run", str(path), *over, "workers.device=cuda", wait]) == 1
+    assert time.monotonic() - started < 60
+    assert "GPU (the cluster has 0)" in capsys.readouterr().err
+
+
+def test_an_actor_killed_mid_task_loses_nothing(job_conf, caplog):
+    path, over = job_conf(**{"workers.num_actors": 1})
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run_job(load_config(path, over))))
+    runner.start()
+    killed = kill_an_actor_mid_task(timeout_s=60)
+    runner.join(timeout=300)
+    assert killed, "no actor was seen running a task"
+    assert result["tasks_done"] == result["tasks_total"]
+    parts, rejects = read_output(Path(result["output"]))
+    assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
+    assert parts["id"].n_unique() == len(parts)
+    assert any("actor died running" in r.message for r in caplog.records)
+
+
+def kill_an_actor_mid_task(timeout_s: float) -> bool:
+    """SIGKILLs the first process Ray has titled as running EmbedActor.call."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                title = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::EmbedActor.call"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                return True
+        time.sleep(0.02)
+    return False
