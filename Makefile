@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[export,dev]'
 	touch $@
 
-run: setup ## export the default model once, then embed sample texts with $(CONF)
-	$(EP) export --config $(CONF)
-	$(EP) embed --config $(CONF) "Offline embeddings you can trust." "Every row embedded exactly once." \
-	  | $(PY) -c "import json, sys; v = json.load(sys.stdin); print(f'embedded {len(v)} texts into {len(v[0])} dims')"
+run: setup ## build the stdlib demo corpus, export the packaged model when missing, run $(CONF)
+	$(EP) demo-corpus build/demo-corpus
+	$(EP) run $(CONF)
+	@echo 'read it with: $(PY) -c "import polars as pl; print(pl.read_parquet(\"build/demo-embeddings/*.parquet\"))"'
 
 test: setup ## run the test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

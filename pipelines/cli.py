@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
     _add_run(commands.add_parser("run", help="embed a corpus into Parquet with Ray actors"))
     _add_status(commands.add_parser("status", help="show the state of an output directory"))
+    demo = commands.add_parser("demo-corpus", help="write shards of stdlib docstrings to DIR")
+    demo.add_argument("out", type=Path)
+    demo.add_argument("--limit", type=int, default=6000, help="rows at most")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -267,6 +271,17 @@ def _print_summary(report: dict[str, Any]) -> None:
     for task_id, reason in report["failures"].items():
         print(f"  failed {task_id}: {reason}")
     print(f"output: {report['output']}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import build_demo_corpus
+
+    if args.out.is_dir() and any(args.out.iterdir()):
+        print(f"{args.out} exists already; leaving it as it is")
+        return 0
+    rows = build_demo_corpus(args.out, args.limit)
+    print(f"wrote {rows:,} stdlib docstrings to {args.out} as Parquet, JSONL and CSV shards")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
