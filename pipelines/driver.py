@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from pipelines.cluster import ClusterError
+from pipelines.ids import IdDigest, digest_on_actor
 from pipelines.job import Job
 from pipelines.planning import Task
 from pipelines.progress import Progress
@@ -37,9 +38,11 @@ class Driver:
         actors: list[Any],
         progress: Progress,
         max_retries: int,
+        repeats: dict[str, dict[int, str]] | None = None,
         backoff_s: float = 1.0,
     ) -> None:
         self.job, self.state, self.progress = job, state, progress
+        self.repeats = repeats or {}
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.idle = list(actors)
         self.queue: deque[Task] = deque()
@@ -61,7 +64,8 @@ class Driver:
     def submit(self) -> None:
         while self.idle and self.queue:
             actor, task = self.idle.pop(), self.queue.popleft()
-            self.in_flight[actor.call.remote(run_task, self.job.spec(task))] = (actor, task)
+            spec = self.job.spec(task, self.repeats.get(task.task_id))
+            self.in_flight[actor.call.remote(run_task, spec)] = (actor, task)
 
     def release_due_retries(self) -> None:
         now = time.monotonic()
@@ -148,3 +152,29 @@ class Driver:
             self.attempts[task.task_id],
             reason,
         )
+
+
+def collect_digests(
+    actors: list[Any], tasks: list[Task], id_column: str, out: str, max_retries: int
+) -> dict[str, IdDigest]:
+    """The id pass over every task, spread over the actors. A task whose ids cannot be read is
+    left out here; its embedding attempt fails and records why."""
+    found: dict[str, IdDigest] = {}
+    todo = list(tasks)
+    for _ in range(max_retries + 1):
+        calls = [
+            (actors[i % len(actors)].call.remote(digest_on_actor, (task, id_column, out)), task)
+            for i, task in enumerate(todo)
+        ]
+        todo = []
+        for ref, task in calls:
+            try:
+                found[task.task_id] = ray.get(ref)
+            except RayActorError:
+                todo.append(task)  # the actor died; ask again once Ray has restarted it
+            except RayTaskError as err:
+                log.warning("cannot read the ids of %s: %s", task.task_id, err.cause or err)
+        if not todo:
+            break
+        time.sleep(1.0)
+    return found

@@ -34,7 +34,7 @@ class Job:
     tasks: list[Task]
     fingerprint: dict[str, Any]
 
-    def spec(self, task: Task) -> TaskSpec:
+    def spec(self, task: Task, repeats: dict[int, str] | None = None) -> TaskSpec:
         inp, out = self.config.input, self.config.output
         return TaskSpec(
             task=task,
@@ -45,6 +45,7 @@ class Job:
             partition_by=tuple(out.partition_by),
             options=self.config.embedding.options(),
             fingerprint=json.dumps(self.fingerprint, sort_keys=True),
+            repeats=repeats or {},
         )
 
 

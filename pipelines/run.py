@@ -14,7 +14,8 @@ from typing import Any
 
 from pipelines.cluster import connect, plan_actors, start_actors
 from pipelines.config import Config
-from pipelines.driver import Driver
+from pipelines.driver import Driver, collect_digests
+from pipelines.ids import find_repeats
 from pipelines.job import Job, prepare, save_resolved_config
 from pipelines.planning import Task
 from pipelines.progress import Progress
@@ -76,7 +77,12 @@ def run_tasks(job: Job, state: RunState, todo: list[Task]) -> float:
     startup_s = time.monotonic() - clock
     done_rows = sum(t.rows for t in job.tasks) - sum(t.rows for t in todo)
     progress = Progress(sum(t.rows for t in job.tasks), done_rows)
-    Driver(job, state, actors, progress, job.config.run.max_retries).run(todo)
+    retries = job.config.run.max_retries
+    # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
+    order = [t for t in job.tasks if t not in todo] + todo
+    digests = collect_digests(actors, order, job.config.input.id_column, str(state.out), retries)
+    repeats = find_repeats(order, digests)
+    Driver(job, state, actors, progress, retries, repeats).run(todo)
     return startup_s
 
 

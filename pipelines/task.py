@@ -33,6 +33,7 @@ class TaskSpec:
     partition_by: tuple[str, ...]
     options: EmbedOptions
     fingerprint: str
+    repeats: dict[int, str] = field(default_factory=dict)  # row offset -> "repeats row N of F"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     frame = read_rows(task.file, task.start, task.stop, columns)
     read_s, clock = time.perf_counter() - clock, time.perf_counter()
     ids = [None if v is None else str(v) for v in frame[spec.id_column].to_list()]
-    reasons = id_problems(ids, task.file.key, task.start)
+    reasons = id_problems(ids, spec.repeats)
     live = [i for i, r in enumerate(reasons) if r is None]
     texts = frame[spec.text_column].to_list()
     result = embedder.embed([texts[i] for i in live], spec.options)
@@ -99,17 +100,15 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     )
 
 
-def id_problems(ids: list[str | None], file_key: str, first_row: int) -> list[str | None]:
-    """Why each row's id is unusable (null, or repeated within the task); None when fine."""
-    first: dict[str, int] = {}
+def id_problems(ids: list[str | None], repeats: dict[int, str]) -> list[str | None]:
+    """Why each row's id is unusable: null, or a repeat the driver found; None when fine."""
     reasons: list[str | None] = []
     for row, value in enumerate(ids):
         if value is None:
             reasons.append("id is null")
-        elif value in first:
-            reasons.append(f"id {value!r} repeats row {first_row + first[value]} of {file_key}")
+        elif row in repeats:
+            reasons.append(f"id {value!r} {repeats[row]}")
         else:
-            first[value] = row
             reasons.append(None)
     return reasons
 

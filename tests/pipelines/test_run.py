@@ -49,6 +49,7 @@ def make_corpus(root: Path, texts: list[str]) -> Path:
     pl.DataFrame(shards[4]).write_csv(root / "s4.csv")
     bad = shards[5]
     bad[0]["text"], bad[1]["id"], bad[2]["text"], bad[3]["id"] = "", None, "   ", bad[4]["id"]
+    bad[10]["id"] = "doc-0010"  # repeats an id of the first shard, in another task
     pl.DataFrame(bad).write_csv(root / "s5.csv")
     return root
 
@@ -93,6 +94,7 @@ def test_every_row_once_with_the_embedders_vectors(job_conf, minilm_dir):
     assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
     assert parts["id"].n_unique() == len(parts)
     assert sorted(rejects["reason"].to_list()) == [
+        "id 'doc-0010' repeats row 10 of s0.parquet",
         "id 'doc-0154' repeats row 3 of s5.csv",
         "id is null",
         "text is empty",
@@ -204,11 +206,13 @@ def test_cuda_without_a_gpu_fails_fast_naming_the_resource(job_conf, capsys, wai
     assert "GPU (the cluster has 0)" in capsys.readouterr().err
 
 
-def test_an_actor_killed_mid_task_loses_nothing(job_conf, caplog):
+def test_an_actor_killed_mid_task_loses_nothing(job_conf, caplog, tmp_path):
     path, over = job_conf(**{"workers.num_actors": 1})
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run_job(load_config(path, over))))
     runner.start()
+    done = tmp_path / "out" / "_state" / "done"
+    wait_for(lambda: done.is_dir() and any(done.iterdir()), timeout_s=120)  # past the id pass
     killed = kill_an_actor_mid_task(timeout_s=60)
     runner.join(timeout=300)
     assert killed, "no actor was seen running a task"
@@ -217,6 +221,13 @@ def test_an_actor_killed_mid_task_loses_nothing(job_conf, caplog):
     assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
     assert parts["id"].n_unique() == len(parts)
     assert any("actor died running" in r.message for r in caplog.records)
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def kill_an_actor_mid_task(timeout_s: float) -> bool:

@@ -39,6 +39,7 @@ def spec_for(tmp_path, partition_by=()):
         tuple(partition_by),
         EmbedOptions(),
         '{"fp": 1}',
+        {3: "repeats row 0 of in.jsonl"},  # as the driver's id pass finds it
     )
 
 
@@ -74,8 +75,8 @@ def test_partitions_are_hive_directories(tmp_path, embedder):
     assert sorted(dataset["id"].to_list()) == ["a", "c"]
 
 
-def test_id_problems_name_the_file_row_of_the_first_use():
-    assert id_problems(["x", None, "x", "y"], "f.csv", 100) == [
+def test_id_problems_are_nulls_and_the_repeats_given():
+    assert id_problems(["x", None, "x", "y"], {2: "repeats row 100 of f.csv"}) == [
         None,
         "id is null",
         "id 'x' repeats row 100 of f.csv",

@@ -1,0 +1,39 @@
+"""Repeated ids across tasks, found from id digests alone."""
+
+import numpy as np
+
+from pipelines.ids import digest_ids, find_repeats
+from pipelines.planning import Task
+from pipelines.readers import InputFile
+
+
+def task(key, start, stop):
+    return Task(f"{key}-{start}", InputFile(key, key, "csv", 100, 1), start, stop)
+
+
+def test_later_occurrences_are_repeats_of_the_first_across_files():
+    tasks = [task("a.csv", 0, 3), task("a.csv", 3, 5), task("b.csv", 0, 3)]
+    ids = {
+        "a.csv-0": ["x", "y", "x"],
+        "a.csv-3": ["z", "y"],
+        "b.csv-0": [None, "z", "w"],
+    }
+    digests = {t.task_id: digest_ids(ids[t.task_id]) for t in tasks}
+    assert find_repeats(tasks, digests) == {
+        "a.csv-0": {2: "repeats row 0 of a.csv"},
+        "a.csv-3": {1: "repeats row 1 of a.csv"},
+        "b.csv-0": {1: "repeats row 3 of a.csv"},
+    }
+
+
+def test_the_given_order_decides_which_occurrence_is_first():
+    tasks = [task("a.csv", 0, 1), task("b.csv", 0, 1)]
+    digests = {"a.csv-0": digest_ids(["x"]), "b.csv-0": digest_ids(["x"])}
+    assert find_repeats(tasks[::-1], digests) == {"a.csv-0": {0: "repeats row 0 of b.csv"}}
+
+
+def test_null_ids_are_never_repeats_and_digests_are_stable():
+    found = digest_ids([None, "a", None])
+    assert found.null.tolist() == [True, False, True]
+    assert np.array_equal(found.digests, digest_ids([None, "a", None]).digests)
+    assert find_repeats([task("a.csv", 0, 3)], {"a.csv-0": found}) == {}
