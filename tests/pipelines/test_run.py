@@ -168,6 +168,10 @@ def test_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_completes(job_conf,
     assert len(RunState(out).done()) == 15  # 5 good shards, each 30 rows in tasks of 12
     printed = capsys.readouterr().out
     assert "15/16 tasks done, 1 failed" in printed and "failed s1_parquet-" in printed
+    assert main(["status", str(out)]) == 0
+    status = capsys.readouterr().out
+    assert "not complete" in status and "tasks: 15 done, 1 failed, 0 remaining of 16" in status
+    assert "s1.parquet, rows 0-0, 2 attempts): InputError" in status
     shard.write_bytes(good)
     assert main(["run", str(path), *over]) == 0
     assert (out / "_SUCCESS").exists()
