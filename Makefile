@@ -7,7 +7,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint bench bench-embedder clean
+.PHONY: help setup run test lint bench bench-embedder bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -33,10 +33,13 @@ lint: setup ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff format --check pipelines workers export tests bench
 	$(VENV)/bin/mypy
 
-bench: bench-embedder ## run every benchmark
+bench: bench-embedder bench-pipeline ## run every benchmark
 
 bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
 	$(PY) bench/embedder.py --out bench/results/embedder.json
+
+bench-pipeline: setup ## bare embedder vs embedpipe run, and 10k/100k/1M-row scaling -> bench/results/pipeline.json
+	$(PY) bench/pipeline.py --out bench/results/pipeline.json
 
 clean: ## remove exported models and caches (keeps $(VENV))
 	rm -rf models build .pytest_cache .mypy_cache .ruff_cache

