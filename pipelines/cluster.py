@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from pipelines.config import Config
-from workers.actor import EmbedActor
+from workers.actor import CONCURRENT_TASKS, EmbedActor
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def start_actors(config: Config, plan: ActorPlan, model_dir: str) -> list[Any]:
         raise ClusterError(f"{lacking}; not waiting, since run.wait_for_model is false")
     actors = [
         EmbedActor.options(  # type: ignore[attr-defined]  # ray.remote wraps the class
-            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
+            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_concurrency=CONCURRENT_TASKS
         ).remote(model_dir, plan.device, plan.num_cpus, config.embedding.max_batch_tokens)
         for _ in range(plan.count)
     ]

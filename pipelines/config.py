@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workers import EmbedOptions
 from workers.model_dir import CARD_FILE
@@ -107,6 +114,15 @@ class Config(_Section):
     embedding: EmbeddingConfig = EmbeddingConfig()
     workers: WorkersConfig = WorkersConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _partitions_are_kept_columns(self) -> Config:
+        if missing := [c for c in self.output.partition_by if c not in self.input.keep_columns]:
+            raise ValueError(
+                f"output.partition_by names {', '.join(missing)}, which input.keep_columns "
+                f"does not keep ({self.input.keep_columns}); partitions are by kept columns"
+            )
+        return self
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:

@@ -1,8 +1,10 @@
 """The driver loop: hand tasks to idle actors, collect results, resubmit and retry.
 
+- Each actor runs two tasks at once (one infers while the other reads or writes), so it has two
+  slots in the idle list.
 - A task whose actor died (RayActorError) goes back to the front of the queue; the actor is
-  probed until Ray has restarted it. Deaths count against the task too, so a task that kills
-  every actor it touches ends as failed instead of looping.
+  probed until Ray has restarted it, and each probe gives one slot back. Deaths count against
+  the task too, so a task that kills every actor it touches ends as failed instead of looping.
 - A task that raised (RayTaskError) is retried after a backoff of backoff_s * 2**attempt, up to
   max_retries times, then recorded as failed with its traceback; the rest of the run goes on.
 """
@@ -26,6 +28,7 @@ from pipelines.planning import Task
 from pipelines.progress import Progress
 from pipelines.state import RunState
 from pipelines.task import TaskResult, run_task
+from workers.actor import CONCURRENT_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ class Driver:
         self.job, self.state, self.progress = job, state, progress
         self.repeats = repeats or {}
         self.max_retries, self.backoff_s = max_retries, backoff_s
-        self.idle = list(actors)
+        # One slot per call an actor runs at once; a slot returns when its call ends.
+        self.idle = [actor for actor in actors for _ in range(CONCURRENT_TASKS)]
         self.queue: deque[Task] = deque()
         self.retries: list[tuple[float, int, Task]] = []
         self.in_flight: dict[Any, tuple[Any, Task]] = {}

@@ -20,6 +20,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# Calls an actor runs at once (the driver passes it as max_concurrency): while one task's
+# batches run on the device, the other reads, tokenizes or writes. The embedder serializes the
+# device itself.
+CONCURRENT_TASKS = 2
+
+
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedActor:
     def __init__(self, model_dir: str, device: str, threads: int, max_batch_tokens: int) -> None:

@@ -4,11 +4,13 @@
 the tokens embedded, whether it was truncated, and for a text that could not be embedded the
 reason (its vector row is NaN, so it cannot be used by mistake). Batches are cut by a padded-
 token budget over length-sorted texts, so the result does not depend on the budget or the order
-of the input beyond float rounding.
+of the input beyond float rounding. `embed` may be called from several threads: only the
+session run is serialized, so one call's tokenizing overlaps another's inference.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,9 @@ class Embedder:
         self.preparer = preparer
         self.session = session
         self.max_batch_tokens = max_batch_tokens
+        # One batch on the device at a time: callers on other threads tokenize, pad and write
+        # meanwhile, without two inferences fighting over the same cores or GPU.
+        self._device = threading.Lock()
 
     @classmethod
     def load(
@@ -87,5 +92,6 @@ class Embedder:
         for batch in plan_batches(lengths, self.max_batch_tokens):
             rows = live[batch]
             input_ids, mask = pad_batch([prepared.ids[i] for i in rows], self.preparer.pad_id)
-            vectors[rows] = self.session.run(input_ids, mask)
+            with self._device:
+                vectors[rows] = self.session.run(input_ids, mask)
         return vectors

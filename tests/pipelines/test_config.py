@@ -76,3 +76,15 @@ def test_model_dir_is_needed_unless_the_source_is_an_export(tmp_path, minilm_dir
         write(tmp_path, MINIMAL.replace("source: x, dir: d", f"source: {minilm_dir}"))
     )
     assert export.model.export_dir() == minilm_dir
+
+
+def test_partitions_must_be_kept_columns(tmp_path):
+    text = MINIMAL.replace("input: {path: in}", "input: {path: in, keep_columns: [lang]}")
+    ok = load_config(
+        write(tmp_path, text.replace("{path: out}", "{path: out, partition_by: [lang]}"))
+    )
+    assert ok.output.partition_by == ["lang"]
+    with pytest.raises(ConfigError, match=r"partition_by names year, which input\.keep_columns"):
+        load_config(
+            write(tmp_path, text.replace("{path: out}", "{path: out, partition_by: [year]}"))
+        )

@@ -105,3 +105,14 @@ def test_unknown_device_names_the_choices(minilm_dir):
 def test_an_empty_call_gives_an_empty_result(embedder):
     got = embedder.embed([])
     assert got.vectors.shape == (0, 384) and got.errors == ()
+
+
+def test_concurrent_calls_from_two_threads_give_the_same_vectors(embedder, parity_texts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    halves = [parity_texts[::2], parity_texts[1::2]]
+    alone = [embedder.embed(h).vectors for h in halves]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda h: embedder.embed(h).vectors, halves))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
