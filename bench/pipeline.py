@@ -7,8 +7,12 @@ time / run time after start-up. The corpus's own ids repeat (583 of 7,286), so t
 of their row number: both sides then embed the same 7,286 texts.
 
 Scale: a tiny random-weight BERT (compute is not the point) over 10k, 100k and 1M rows cycled from
-the same texts, in tasks of 5,000 rows over one single-threaded actor per core; time per row
-after start-up, and the driver's peak RSS, each run in a fresh process (bench/drive.py).
+the same texts, one single-threaded actor per core; time per row after start-up, and the
+driver's peak RSS, each run in a fresh process (bench/drive.py). Tasks are 1,000 rows: every size
+then has more tasks than the actors have slots (two each), so each run is measured in the
+steady state where one task tokenizes while the other infers, and 1M rows means 1,000 tasks for
+the driver to track. With 5,000-row tasks, 10k rows gave each actor a single task with nothing
+to overlap, and cost 1.9x per row what 100k did.
 
     python bench/pipeline.py --out bench/results/pipeline.json      (make bench-pipeline)
 """
@@ -31,6 +35,7 @@ from common import CORPUS, MINILM, ROOT, exported, load_texts
 from export.stand_in import build_bert_stand_in
 from workers import Embedder
 
+TASK_ROWS = 1000
 TINY = {
     "num_hidden_layers": 2,
     "hidden_size": 128,
@@ -139,8 +144,7 @@ def scale(args: argparse.Namespace, texts: list[str], work: Path) -> dict:
     runs = {}
     for size in sizes:
         corpus = write_shards(texts, size, max(1, size // 100_000), work / f"scale-{size}")
-        # 5,000-row tasks: even 10k rows keep both actors busy, as the larger runs do
-        found = drive(model, corpus, work / f"scale-{size}-out", 1, args.threads, 5000)
+        found = drive(model, corpus, work / f"scale-{size}-out", 1, args.threads, TASK_ROWS)
         report = found["report"]
         after = report["seconds"] - report["seconds_startup"]
         runs[str(size)] = {

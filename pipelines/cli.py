@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Config, ConfigError, load_config
-from workers import Embedder, EmbedOptions, OptionError
+from workers import EmbedOptions, OptionError
+from workers.errors import DeviceError
 from workers.model_dir import CARD_FILE, ModelDirError, read_card
-from workers.session import DeviceError
 
 EXPORT_HINT = "this command needs the export extra: pip install 'embedpipe[export]'"
 
@@ -187,6 +187,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from workers import Embedder
+
     config = load_config(args.config, args.set) if args.config else None
     if config is None and not args.args:
         raise ConfigError("embed needs a model directory (or --config)")

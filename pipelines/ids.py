@@ -53,22 +53,35 @@ def task_digest(task: Task, id_column: str, out: str) -> IdDigest:
 
 
 def find_repeats(tasks: list[Task], digests: dict[str, IdDigest]) -> dict[str, dict[int, str]]:
-    """Per task: row offset -> reason, for every id seen earlier in the order of `tasks`."""
+    """Per task: row offset -> reason, for every id seen earlier in the order of `tasks`.
+
+    A lexsort by (digest, position) puts each id's occurrences side by side, earliest first;
+    memory stays near 40 bytes a row (a million rows: ~40 MB), where np.unique(axis=0) took 130.
+    """
     order = [t for t in tasks if t.task_id in digests]
     if not order:
         return {}
-    stacked = np.concatenate([digests[t.task_id].digests for t in order])
-    null = np.concatenate([digests[t.task_id].null for t in order])
-    owner = np.repeat(np.arange(len(order)), [len(digests[t.task_id].null) for t in order])
-    offset = np.concatenate([np.arange(len(digests[t.task_id].null)) for t in order])
-    live = np.flatnonzero(~null)
-    _, first, inverse = np.unique(stacked[live], axis=0, return_index=True, return_inverse=True)
-    first_of = live[first[inverse.reshape(-1)]]
+    parts = [digests[t.task_id] for t in order]
+    starts = np.cumsum([0] + [len(p.null) for p in parts])
+    high = np.concatenate([p.digests[:, 0] for p in parts])
+    low = np.concatenate([p.digests[:, 1] for p in parts])
+    ranked = np.lexsort((np.arange(len(high)), low, high))
+    ranked = ranked[~np.concatenate([p.null for p in parts])[ranked]]
+    high, low = high[ranked], low[ranked]
+    repeat = (high[1:] == high[:-1]) & (low[1:] == low[:-1])
+    del high, low
+    # the first occurrence of each run of equal digests: the last position where a run began
+    run_start = np.maximum.accumulate(np.where(np.r_[True, ~repeat], np.arange(len(ranked)), 0))
+    later = ranked[1:][repeat]
+    first = ranked[run_start[1:][repeat]]
     repeats: dict[str, dict[int, str]] = {}
-    for row, first_row in zip(live[live != first_of], first_of[live != first_of], strict=True):
-        task, origin = order[owner[row]], order[owner[first_row]]
-        where = f"row {origin.start + offset[first_row]} of {origin.file.key}"
-        repeats.setdefault(task.task_id, {})[int(offset[row])] = f"repeats {where}"
+    for row, first_row in zip(later.tolist(), first.tolist(), strict=True):
+        at = int(np.searchsorted(starts, row, side="right")) - 1
+        origin = int(np.searchsorted(starts, first_row, side="right")) - 1
+        where = (
+            f"row {order[origin].start + first_row - starts[origin]} of {order[origin].file.key}"
+        )
+        repeats.setdefault(order[at].task_id, {})[row - int(starts[at])] = f"repeats {where}"
     return repeats
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,10 @@ import pyarrow as pa
 from pipelines.planning import Task
 from pipelines.readers import read_rows
 from pipelines.writers import embeddings_table, partitions, rejects_table, write_parquet_atomic
-from workers import Embedder, EmbedOptions
+from workers import EmbedOptions
+
+if TYPE_CHECKING:  # the driver builds specs; only actors need the embedder (and onnxruntime)
+    from workers import Embedder
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
-from workers.embedder import Embedder
+if TYPE_CHECKING:  # the driver imports this module too, and needs no onnxruntime
+    from workers.embedder import Embedder
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,6 +30,8 @@ CONCURRENT_TASKS = 2
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedActor:
     def __init__(self, model_dir: str, device: str, threads: int, max_batch_tokens: int) -> None:
+        from workers.embedder import Embedder
+
         self.embedder = Embedder.load(
             model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
         )

@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from workers.errors import DeviceError
+
 log = logging.getLogger(__name__)
+
+__all__ = ["DEVICES", "DeviceError", "OnnxSession", "providers_for", "resolve_device"]
 
 DEVICES = ("cpu", "cuda")
 # Where the NVIDIA driver lists the GPUs it sees; onnxruntime-gpu reports its CUDA provider as
@@ -21,10 +25,6 @@ DEVICES = ("cpu", "cuda")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 OUTPUT = "sentence_embedding"
 INPUTS = ("input_ids", "attention_mask")
-
-
-class DeviceError(RuntimeError):
-    """The device asked for cannot be used by this onnxruntime on this machine."""
 
 
 def resolve_device(device: str) -> str:
