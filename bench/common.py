@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -31,3 +33,10 @@ def exported(source: str, out: Path, dtype: str = "fp32") -> Path:
         pass
     export_model(source, out, dtype=dtype, force=True)
     return out
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """bench/results/*.json: the figures of the last run, also printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))

@@ -12,7 +12,6 @@ compare its vectors to fp32's on the whole corpus: mean cosine and the share of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from common import CORPUS, MINILM, ROOT, exported, load_texts
+from common import CORPUS, MINILM, ROOT, exported, load_texts, write_result
 
 from export.parity import cosines
 from workers import Embedder
@@ -38,9 +37,7 @@ def main() -> None:
     runners, tokens = build_runners(args, texts)
     seconds, vectors = timed_rounds(runners, texts, args.repeats)
     report = summarize(args, len(texts), tokens, seconds, vectors)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report)
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import polars as pl
-from common import CORPUS, MINILM, ROOT, exported, load_texts
+from common import CORPUS, MINILM, ROOT, exported, load_texts, write_result
 
 from export.stand_in import build_bert_stand_in
 from workers import Embedder
@@ -56,9 +56,7 @@ def main() -> None:
         "efficiency": efficiency(args, texts, work),
         "scale": scale(args, texts, work),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 def parse_args() -> argparse.Namespace:

@@ -19,7 +19,7 @@ from collections import Counter, deque
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipelines.cluster import ClusterError
 from pipelines.ids import IdDigest, digest_on_actor
@@ -116,6 +116,10 @@ class Driver:
         actor = self.probing.pop(ref)
         try:
             ray.get(ref)
+        except ActorUnavailableError:
+            time.sleep(0.2)  # still restarting: ask again rather than give the slot up
+            self.probing[actor.ready.remote()] = actor
+            return
         except RayActorError as err:
             log.error("an actor is gone for good: %s", err)
             if not (self.idle or self.in_flight or self.probing):
