@@ -9,7 +9,6 @@ so a reader never sees half a file. Same rows in, same bytes out.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.parse
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from workers.model_dir import publish, sha256_file
 
 FINGERPRINT_KEY = b"embedpipe.fingerprint"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -80,17 +81,5 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
-    data = tmp.read_bytes()
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    publish(tmp, path)
+    return sha256_file(path)

@@ -110,7 +110,21 @@ def check_files(model_dir: str | Path, card: ModelCard, verify_checksum: bool = 
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Readers never see a half-written file: write beside it, then rename over it."""
+    """Readers never see a half-written file: write beside it, then publish it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
+    publish(tmp, path)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Renames a finished temporary file over path, durably: the data is flushed before the
+    rename and the rename before returning, so a marker written next never outlives its file
+    after a power cut."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
