@@ -50,6 +50,7 @@ class TextPreparer:
         self._tok = tokenizer
         self._card = card
         self._prefix, self._suffix = special_frame(tokenizer)
+        self.pad_id = pad_id(tokenizer)
         self._budget = card.max_seq_length - len(self._prefix) - len(self._suffix)
         if self._budget < 1:
             raise ModelDirError(
@@ -60,15 +61,6 @@ class TextPreparer:
     @classmethod
     def from_file(cls, tokenizer_path: str | Path, card: ModelCard) -> TextPreparer:
         return cls(Tokenizer.from_file(str(tokenizer_path)), card)
-
-    @property
-    def pad_id(self) -> int:
-        # Padded positions are masked out of attention and pooling, so any id works; the
-        # tokenizer's own pad id just keeps the batches readable when debugging.
-        for token in ("[PAD]", "<pad>"):
-            if (token_id := self._tok.token_to_id(token)) is not None:
-                return token_id
-        return 0
 
     def prompt_for(self, options: EmbedOptions) -> str:
         """The prompt text for these options; the card's default prompt when none is named."""
@@ -139,6 +131,15 @@ class TextPreparer:
 def _prompt_tokens(enc: Encoding, prompt_chars: int) -> int:
     """Tokens that start inside the prompt: they are kept under left truncation."""
     return sum(1 for start, _ in enc.offsets if start < prompt_chars)
+
+
+def pad_id(tok: Tokenizer) -> int:
+    # Padded positions are masked out of attention and pooling, so any id works; the
+    # tokenizer's own pad id just keeps the batches readable when debugging.
+    for token in ("[PAD]", "<pad>"):
+        if (token_id := tok.token_to_id(token)) is not None:
+            return token_id
+    return 0
 
 
 def special_frame(tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
