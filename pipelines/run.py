@@ -19,7 +19,7 @@ from pipelines.ids import find_repeats
 from pipelines.job import Job, prepare, save_resolved_config
 from pipelines.planning import Task
 from pipelines.progress import Progress
-from pipelines.state import RunState, StateError
+from pipelines.state import RunState, StateError, totals
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ def run_tasks(job: Job, state: RunState, todo: list[Task]) -> float:
 
 def build_report(job: Job, state: RunState, seconds: float, startup_s: float) -> dict[str, Any]:
     planned = {t.task_id for t in job.tasks}
-    done = {k: v for k, v in state.done().items() if k in planned}
-    failed = {k: v for k, v in state.failed().items() if k in planned and k not in done}
+    done, failed = state.settled(planned)
     stages: dict[str, float] = {}
     for marker in done.values():
         for stage, secs in marker["seconds"].items():
@@ -99,9 +98,7 @@ def build_report(job: Job, state: RunState, seconds: float, startup_s: float) ->
         "tasks_total": len(planned),
         "tasks_done": len(done),
         "tasks_failed": len(failed),
-        "rows_embedded": sum(m["embedded"] for m in done.values()),
-        "rows_rejected": sum(m["rejected"] for m in done.values()),
-        "tokens": sum(m["tokens"] for m in done.values()),
+        **totals(done),
         "seconds": round(seconds, 3),
         "seconds_startup": round(startup_s, 3),
         "seconds_per_stage": {k: round(v, 3) for k, v in stages.items()},

@@ -35,7 +35,7 @@ class RunState:
         self._lock: IO[str] | None = None
 
     def acquire(self) -> None:
-        (self.state).mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(parents=True, exist_ok=True)
         handle = open(self.state / "lock", "a+")  # noqa: SIM115 - held until release()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,6 +77,12 @@ class RunState:
     def failed(self) -> dict[str, dict[str, Any]]:
         return _read_markers(self.state / "failed")
 
+    def settled(self, planned: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Done and failed markers of the planned tasks; a task done after failing is done."""
+        done = {k: v for k, v in self.done().items() if k in planned}
+        failed = {k: v for k, v in self.failed().items() if k in planned and k not in done}
+        return done, failed
+
     def mark_done(self, task_id: str, info: dict[str, Any]) -> None:
         _write_marker(self.state / "done" / f"{task_id}.json", info)
         (self.state / "failed" / f"{task_id}.json").unlink(missing_ok=True)
@@ -99,6 +105,15 @@ class RunState:
 
     def clear_success(self) -> None:
         (self.out / SUCCESS_FILE).unlink(missing_ok=True)
+
+
+def totals(done: dict[str, Any]) -> dict[str, int]:
+    """Rows embedded and rejected, and tokens, over done markers."""
+    return {
+        "rows_embedded": sum(m["embedded"] for m in done.values()),
+        "rows_rejected": sum(m["rejected"] for m in done.values()),
+        "tokens": sum(m["tokens"] for m in done.values()),
+    }
 
 
 def _write_marker(path: Path, info: dict[str, Any]) -> None:

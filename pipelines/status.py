@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.state import FINGERPRINT_FILE, SUCCESS_FILE, RunState, StateError
+from pipelines.state import FINGERPRINT_FILE, SUCCESS_FILE, RunState, StateError, totals
 
 
 def describe(out: Path) -> str:
@@ -21,16 +21,14 @@ def describe(out: Path) -> str:
     state = RunState(out)
     planned = {entry["task"] for entry in state.plan()}
     total = len(planned)
-    done = {k: v for k, v in state.done().items() if k in planned}
-    failed = {k: v for k, v in state.failed().items() if k in planned and k not in done}
-    rows = sum(m["embedded"] for m in done.values())
-    rejected = sum(m["rejected"] for m in done.values())
-    tokens = sum(m["tokens"] for m in done.values())
+    done, failed = state.settled(planned)
+    counts = totals(done)
     lines = [
         f"{out}: {'complete' if (out / SUCCESS_FILE).exists() else 'not complete'}",
         f"tasks: {len(done)} done, {len(failed)} failed, {total - len(done) - len(failed)} "
         f"remaining of {total}",
-        f"rows: {rows:,} embedded, {rejected:,} rejected; tokens: {tokens:,}",
+        f"rows: {counts['rows_embedded']:,} embedded, {counts['rows_rejected']:,} rejected; "
+        f"tokens: {counts['tokens']:,}",
         f"model: {model['source']} (sha256 {model['onnx_sha256'][:12]})",
     ]
     for task_id, marker in failed.items():
