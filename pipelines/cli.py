@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,6 +241,7 @@ def _runtime(args: argparse.Namespace, config: Config | None) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     from pipelines.cluster import ClusterError
+    from pipelines.interrupt import Interrupted
     from pipelines.readers import InputError
     from pipelines.run import run_job
     from pipelines.state import StateError
@@ -259,7 +261,12 @@ def _run(args: argparse.Namespace) -> int:
     except ClusterError as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"embedpipe: {err} before any task ran; nothing was written")
+        return 128 + err.signum
     _print_summary(report)
+    if "interrupted" in report:
+        return 128 + int(signal.Signals[report["interrupted"]])
     return 0 if report["tasks_done"] == report["tasks_total"] else 1
 
 
@@ -272,6 +279,9 @@ def _print_summary(report: dict[str, Any]) -> None:
     )
     for task_id, reason in report["failures"].items():
         print(f"  failed {task_id}: {reason}")
+    if "interrupted" in report:
+        left = report["tasks_total"] - report["tasks_done"] - report["tasks_failed"]
+        print(f"stopped by {report['interrupted']}: {left} task(s) left; run it again to resume")
     print(f"output: {report['output']}")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from pipelines.config import Config
+from pipelines.interrupt import StopRequest
 from workers.actor import CONCURRENT_TASKS, EmbedActor
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def missing_resources(plan: ActorPlan) -> str | None:
     return f"{plan.count} {plan.device} actor(s) need " + " and ".join(short)
 
 
-def start_actors(config: Config, plan: ActorPlan, model_dir: str) -> list[Any]:
+def start_actors(
+    config: Config, plan: ActorPlan, model_dir: str, stop: StopRequest | None = None
+) -> list[Any]:
     run = config.run
     lacking = missing_resources(plan)
     if lacking and not run.wait_for_model:
@@ -81,15 +84,16 @@ def start_actors(config: Config, plan: ActorPlan, model_dir: str) -> list[Any]:
         ).remote(model_dir, plan.device, plan.num_cpus, config.embedding.max_batch_tokens)
         for _ in range(plan.count)
     ]
-    wait_ready(actors, run.wait_timeout_s, lacking)
+    wait_ready(actors, run.wait_timeout_s, lacking, stop or StopRequest())
     return actors
 
 
-def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None) -> None:
+def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None, stop: StopRequest) -> None:
     refs = [actor.ready.remote() for actor in actors]
     deadline = time.monotonic() + timeout_s
     pending = list(refs)
     while pending:
+        stop.check()
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
         for ref in done:
             try:

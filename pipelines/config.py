@@ -105,6 +105,7 @@ class RunConfig(_Section):
     max_retries: int = Field(default=3, ge=0)
     wait_for_model: bool = True
     wait_timeout_s: float = Field(default=600, gt=0)
+    stop_grace_s: float = Field(default=10, ge=0)  # SIGINT/SIGTERM: time to finish running tasks
 
 
 class Config(_Section):

@@ -7,6 +7,12 @@
   the task too, so a task that kills every actor it touches ends as failed instead of looping.
 - A task that raised (RayTaskError) is retried after a backoff of backoff_s * 2**attempt, up to
   max_retries times, then recorded as failed with its traceback; the rest of the run goes on.
+- A stop request (SIGINT, SIGTERM) ends submission; running tasks get the grace period to be
+  recorded, then the loop returns and the caller reports.
+- A task whose input cannot be read (InputError) fails at once: reading it again gives the same
+  error, so retrying would only delay the report.
+- Actors that do not come back (their node is gone and no other has room) are waited for at
+  most `stall_s`; then the run stops with the resource they need, instead of hanging.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipelines.cluster import ClusterError
-from pipelines.ids import IdDigest, digest_on_actor
+from pipelines.interrupt import StopRequest
 from pipelines.job import Job
 from pipelines.planning import Task
 from pipelines.progress import Progress
+from pipelines.readers import InputError
 from pipelines.state import RunState
 from pipelines.task import TaskResult, run_task
 from workers.actor import CONCURRENT_TASKS
@@ -43,10 +50,15 @@ class Driver:
         max_retries: int,
         repeats: dict[str, dict[int, str]] | None = None,
         backoff_s: float = 1.0,
+        stop: StopRequest | None = None,
+        stall_s: float = 600.0,
     ) -> None:
         self.job, self.state, self.progress = job, state, progress
         self.repeats = repeats or {}
         self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.stop = stop or StopRequest()
+        self.stall_s = stall_s
+        self._no_actor_since: float | None = None
         # One slot per call an actor runs at once; a slot returns when its call ends.
         self.idle = [actor for actor in actors for _ in range(CONCURRENT_TASKS)]
         self.queue: deque[Task] = deque()
@@ -56,14 +68,46 @@ class Driver:
         self.attempts: Counter[str] = Counter()
         self._order = itertools.count()
 
-    def run(self, tasks: list[Task]) -> None:
-        self.queue.extend(tasks)
-        while self.queue or self.retries or self.in_flight or self.probing:
-            self.release_due_retries()
-            self.submit()
+    def run(self, tasks: list[Task], unread: dict[str, RayTaskError] | None = None) -> None:
+        """Runs tasks; those in `unread` (their ids could not be read, so their repeats are
+        unknown) are recorded as failed without being embedded."""
+        unread = unread or {}
+        for task in tasks:
+            if task.task_id in unread:
+                err = unread[task.task_id]
+                self.attempts[task.task_id] = 1
+                self.fail(task, err, f"its ids could not be read: {err.cause or err}")
+        self.queue.extend(t for t in tasks if t.task_id not in unread)
+        # Probes alone do not keep the loop going: an actor that cannot be placed again must
+        # not hold up a run whose tasks are all settled.
+        while self.queue or self.retries or self.in_flight:
+            if self.stop.requested and (not self.in_flight or self.stop.must_stop_now()):
+                break
+            if not self.stop.requested:
+                self.release_due_retries()
+                self.submit()
             self.collect(timeout_s=0.5)
+            self.check_stalled()
             self.progress.tick()
         self.progress.close()
+        if self.in_flight:
+            log.warning(
+                "abandoned %d running task(s); the next run redoes them", len(self.in_flight)
+            )
+
+    def check_stalled(self) -> None:
+        """Raises once work waits and no actor has been usable for stall_s."""
+        if self.idle or self.in_flight or not (self.queue or self.retries):
+            self._no_actor_since = None
+            return
+        now = time.monotonic()
+        self._no_actor_since = self._no_actor_since or now
+        if now - self._no_actor_since > self.stall_s:
+            raise ClusterError(
+                f"no actor came back within {self.stall_s:g} s after the last one died, with "
+                f"{len(self.queue) + len(self.retries)} task(s) left; the cluster lacks the "
+                "CPUs or GPUs to restart them. Add nodes, lower workers.num_actors, and rerun"
+            )
 
     def submit(self) -> None:
         while self.idle and self.queue:
@@ -131,7 +175,7 @@ class Driver:
         self.attempts[task.task_id] += 1
         attempt = self.attempts[task.task_id]
         cause = err.cause if err.cause is not None else err
-        if attempt > self.max_retries:
+        if attempt > self.max_retries or isinstance(cause, InputError):
             self.fail(task, err, f"{type(cause).__name__}: {cause}")
             return
         delay = self.backoff_s * 2 ** (attempt - 1)
@@ -160,29 +204,3 @@ class Driver:
             self.attempts[task.task_id],
             reason,
         )
-
-
-def collect_digests(
-    actors: list[Any], tasks: list[Task], id_column: str, out: str, max_retries: int
-) -> dict[str, IdDigest]:
-    """The id pass over every task, spread over the actors. A task whose ids cannot be read is
-    left out here; its embedding attempt fails and records why."""
-    found: dict[str, IdDigest] = {}
-    todo = list(tasks)
-    for _ in range(max_retries + 1):
-        calls = [
-            (actors[i % len(actors)].call.remote(digest_on_actor, (task, id_column, out)), task)
-            for i, task in enumerate(todo)
-        ]
-        todo = []
-        for ref, task in calls:
-            try:
-                found[task.task_id] = ray.get(ref)
-            except RayActorError:
-                todo.append(task)  # the actor died; ask again once Ray has restarted it
-            except RayTaskError as err:
-                log.warning("cannot read the ids of %s: %s", task.task_id, err.cause or err)
-        if not todo:
-            break
-        time.sleep(1.0)
-    return found

@@ -10,14 +10,18 @@ collide with a probability near 1e-20 for a billion rows.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.faults import check_write
 from pipelines.planning import Task
 from pipelines.readers import read_rows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,22 @@ def task_digest(task: Task, id_column: str, out: str) -> IdDigest:
         return IdDigest(task.task_id, saved["digests"], saved["null"])
     frame = read_rows(task.file, task.start, task.stop, [id_column])
     found = digest_ids([None if v is None else str(v) for v in frame[id_column].to_list()])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, digests=found.digests, null=found.null)
-    os.replace(tmp, cache)
+    _save(cache, found)
     return IdDigest(task.task_id, found.digests, found.null)
+
+
+def _save(cache: Path, found: IdDigest) -> None:
+    """Caches the digests; the cache only saves a rerun the reading, so a full disk here is
+    logged, not fatal."""
+    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, digests=found.digests, null=found.null)
+        check_write(cache)
+        os.replace(tmp, cache)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot cache the id digests at %s: %s", cache, err)
 
 
 def find_repeats(tasks: list[Task], digests: dict[str, IdDigest]) -> dict[str, dict[int, str]]:

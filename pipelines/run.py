@@ -2,20 +2,28 @@
 
 A rerun trusts a done marker only while the files it names are still there, so deleting a part
 file is enough to have its task redone. `_SUCCESS` is written last, and only when every task of
-the plan is done.
+the plan is done. Temporary files left by killed processes are swept when a run starts and
+again before `_SUCCESS`, so a finished output holds no stray file.
+
+SIGINT and SIGTERM stop the run cleanly (see interrupt.py): the report then says which signal
+ended it, and the command exits 130 or 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.cluster import connect, plan_actors, start_actors
 from pipelines.config import Config
-from pipelines.driver import Driver, collect_digests
+from pipelines.driver import Driver
+from pipelines.idpass import collect_digests
 from pipelines.ids import find_repeats
+from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.job import Job, prepare, save_resolved_config
 from pipelines.planning import Task
 from pipelines.progress import Progress
@@ -24,21 +32,36 @@ from pipelines.state import RunState, StateError, totals
 log = logging.getLogger(__name__)
 
 
-def run_job(config: Config) -> dict[str, Any]:
+def run_job(config: Config, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Runs the job; raises Interrupted when stopped before the output was touched."""
     started = time.monotonic()
-    job = prepare(config)
-    state = RunState(config.output.path)
+    stop = stop or StopRequest(config.run.stop_grace_s)
+    stop.install()
+    try:
+        job = prepare(config)
+        stop.check()
+        return _run_held(job, stop, started)
+    finally:
+        stop.restore()
+
+
+def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
+    state = RunState(job.config.output.path)
     state.acquire()
     try:
         state.check_fingerprint(job.fingerprint)
-        save_resolved_config(config, state.out)
+        save_resolved_config(job.config, state.out)
         state.write_plan([_plan_entry(t) for t in job.tasks])
         state.clear_success()
+        state.sweep_temporaries()
         todo = pending(job, state)
-        startup_s = run_tasks(job, state, todo) if todo else 0.0
+        startup_s = run_tasks(job, state, todo, stop) if todo else 0.0
         report = build_report(job, state, time.monotonic() - started, startup_s)
+        if stop.signum is not None:
+            report["interrupted"] = signal.Signals(stop.signum).name
         state.write_report(report)
         if report["tasks_done"] == report["tasks_total"]:
+            state.sweep_temporaries()  # left by actors killed during this run
             state.succeed()
         return report
     finally:
@@ -67,23 +90,53 @@ def _plan_entry(task: Task) -> dict[str, Any]:
     return {"task": task.task_id, "file": task.file.key, "start": task.start, "stop": task.stop}
 
 
-def run_tasks(job: Job, state: RunState, todo: list[Task]) -> float:
-    """Runs the tasks; returns the seconds spent starting Ray and loading the actors."""
+def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) -> float:
+    """Runs the tasks until done or stopped; returns the seconds spent starting Ray and
+    loading the actors."""
     clock = time.monotonic()
-    connect()
-    plan = plan_actors(job.config, len(todo))
-    log.info("starting %d %s actor(s) for %d task(s)", plan.count, plan.device, len(todo))
-    actors = start_actors(job.config, plan, str(job.model_dir))
+    try:
+        connect()
+        stop.install()  # ray.init put its own SIGTERM handler in place of ours
+        plan = plan_actors(job.config, len(todo))
+        log.info("starting %d %s actor(s) for %d task(s)", plan.count, plan.device, len(todo))
+        actors = start_actors(job.config, plan, str(job.model_dir), stop)
+    except Interrupted:
+        return time.monotonic() - clock
     startup_s = time.monotonic() - clock
+    with contextlib.suppress(Interrupted):  # the caller reports from what the markers say
+        drive(job, state, todo, actors, stop)
+    return startup_s
+
+
+def drive(
+    job: Job, state: RunState, todo: list[Task], actors: list[Any], stop: StopRequest
+) -> None:
+    run = job.config.run
     done_rows = sum(t.rows for t in job.tasks) - sum(t.rows for t in todo)
     progress = Progress(sum(t.rows for t in job.tasks), done_rows)
-    retries = job.config.run.max_retries
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
-    digests = collect_digests(actors, order, job.config.input.id_column, str(state.out), retries)
+    digests, unread = collect_digests(
+        actors,
+        order,
+        job.config.input.id_column,
+        str(state.out),
+        run.max_retries,
+        stop,
+        run.wait_timeout_s,
+    )
     repeats = find_repeats(order, digests)
-    Driver(job, state, actors, progress, retries, repeats).run(todo)
-    return startup_s
+    driver = Driver(
+        job,
+        state,
+        actors,
+        progress,
+        run.max_retries,
+        repeats,
+        stop=stop,
+        stall_s=run.wait_timeout_s,
+    )
+    driver.run(todo, unread)
 
 
 def build_report(job: Job, state: RunState, seconds: float, startup_s: float) -> dict[str, Any]:

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from pipelines.faults import check_write
 from workers.model_dir import write_atomic
+
+log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "_embedpipe.json"
 SUCCESS_FILE = "_SUCCESS"
@@ -62,7 +66,7 @@ class RunState:
         """Writes the fingerprint on first use; refuses one that differs from the stored one."""
         path = self.out / FINGERPRINT_FILE
         if not path.exists():
-            write_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            _write(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
             return
         stored = json.loads(path.read_text())
         if differences := _diff(stored, fingerprint):
@@ -101,10 +105,20 @@ class RunState:
         _write_marker(self.state / "report.json", report)
 
     def succeed(self) -> None:
-        write_atomic(self.out / SUCCESS_FILE, "")
+        _write(self.out / SUCCESS_FILE, "")
 
     def clear_success(self) -> None:
         (self.out / SUCCESS_FILE).unlink(missing_ok=True)
+
+    def sweep_temporaries(self) -> int:
+        """Removes the temporary files of writes that a killed process never finished (every
+        write here goes to `.NAME.tmp-PID` first); only the lock holder may call it."""
+        stray = [p for p in self.out.rglob(".*.tmp-*") if p.is_file()]
+        for path in stray:
+            path.unlink(missing_ok=True)
+        if stray:
+            log.info("removed %d unfinished temporary file(s) under %s", len(stray), self.out)
+        return len(stray)
 
 
 def totals(done: dict[str, Any]) -> dict[str, int]:
@@ -117,8 +131,21 @@ def totals(done: dict[str, Any]) -> dict[str, int]:
 
 
 def _write_marker(path: Path, info: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    _write(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    """Writes a state file atomically; a disk that is full or read-only stops the run with the
+    path and the error, since progress that cannot be recorded would only be redone."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_write(path)
+        write_atomic(path, text)
+    except OSError as err:
+        raise StateError(
+            f"cannot write the run state at {path}: {err.strerror or err}; free space or fix "
+            f"the permissions under {path.parent}, then rerun (finished tasks are kept)"
+        ) from err
 
 
 def _read_markers(directory: Path) -> dict[str, dict[str, Any]]:

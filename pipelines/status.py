@@ -34,6 +34,10 @@ def describe(out: Path) -> str:
     for task_id, marker in failed.items():
         lines.append(
             f"failed {task_id} ({marker['file']}, rows {marker['rows'][0]}-{marker['rows'][1]}, "
-            f"{marker['attempts']} attempts): {marker['message']}"
+            f"{_attempts(marker['attempts'])}): {marker['message']}"
         )
     return "\n".join(lines)
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.faults import check_write
 from workers.model_dir import publish, sha256_file
 
 FINGERPRINT_KEY = b"embedpipe.fingerprint"
@@ -77,9 +78,15 @@ def _hive_value(value: object) -> str:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> str:
-    """Writes table to path via a temporary file and rename; returns the file's sha256."""
+    """Writes table to path via a temporary file and rename; returns the file's sha256. A
+    failed write (disk full, read-only) removes its temporary file before the error goes up."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    publish(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        check_write(path)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return sha256_file(path)

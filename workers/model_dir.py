@@ -112,8 +112,12 @@ def check_files(model_dir: str | Path, card: ModelCard, verify_checksum: bool = 
 def write_atomic(path: Path, text: str) -> None:
     """Readers never see a half-written file: write beside it, then publish it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    publish(tmp, path)
+    try:
+        tmp.write_text(text)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def publish(tmp: Path, path: Path) -> None:
