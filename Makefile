@@ -2,12 +2,14 @@
 VENV ?= .venv
 PYTHON ?= python3
 CONF ?= conf/default.yaml
+CHAOS_TASKS ?= 200
+CHAOS_KILLS ?= 30
 PY := $(VENV)/bin/python
 EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint bench bench-embedder bench-pipeline clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -32,6 +34,11 @@ lint: setup ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check pipelines workers export tests bench
 	$(VENV)/bin/ruff format --check pipelines workers export tests bench
 	$(VENV)/bin/mypy
+
+chaos: setup ## a long chaos run: 200 tasks, 30 random SIGKILLs of actors and driver, vs a clean run
+	$(EP) export --config $(CONF)
+	rm -rf build/chaos
+	$(PY) -m tests.chaos --model-dir $$($(PY) -c "from pipelines.config import load_config; print(load_config('$(CONF)').model.export_dir())") --work build/chaos --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS)
 
 bench: bench-embedder bench-pipeline ## run every benchmark
 

@@ -1,0 +1,268 @@
+"""Chaos harness: `embedpipe run` under random SIGKILLs, compared with a clean run.
+
+It runs the job once undisturbed, then again on a new output while SIGKILLing, at random
+moments, the actors of the run and the driver itself; after each driver kill it starts the run
+again, until a run exits 0. The result must equal the clean run's: the same part and reject
+files byte for byte, every input row once (embedded or rejected), no id twice, no temporary file
+anywhere, `_SUCCESS` present. The corpus has bad rows and ids repeated across shards, so the
+kills also hit the rejects and the repeat bookkeeping.
+
+Every run is a separate `embedpipe run` process with its own embedded Ray, started in a new
+session: after a driver kill the harness ends that session's process group, as a node's
+supervisor would, since Ray's agents outlive a SIGKILLed driver. Only processes descended from
+the harness's own drivers are ever killed.
+
+    python -m tests.chaos --model-dir models/all-MiniLM-L6-v2-fp32 --tasks 200 --kills 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import filecmp
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.demo import build_demo_corpus
+
+EMBEDPIPE = [sys.executable, "-m", "pipelines.cli"]
+ROWS_PER_TASK = 10
+
+
+@dataclass
+class ChaosReport:
+    tasks: int
+    kills: list[str] = field(default_factory=list)  # "actor" or "driver", in order
+    runs: int = 0
+    rows_checked: int = 0
+    rows_lost: int = 0
+    rows_duplicated: int = 0
+    files_compared: int = 0
+    files_differing: list[str] = field(default_factory=list)
+    temporary_files: list[str] = field(default_factory=list)
+    success_marker: bool = False
+    seconds: float = 0.0
+
+    @property
+    def driver_kills(self) -> int:
+        return self.kills.count("driver")
+
+    @property
+    def actor_kills(self) -> int:
+        return self.kills.count("actor")
+
+    def summary(self) -> dict[str, object]:
+        return {
+            **asdict(self),
+            "kills": len(self.kills),
+            "driver_kills": self.driver_kills,
+            "actor_kills": self.actor_kills,
+            "restarts": self.runs - 1,
+        }
+
+
+def build_corpus(root: Path, tasks: int) -> int:
+    """Demo shards of stdlib docstrings sized to `tasks` tasks, plus one CSV shard of bad rows:
+    ids repeated from other shards, a null id, empty and blank texts. Returns the row count."""
+    shards = 6
+    per_shard = max((tasks - 1) // shards, 1) * ROWS_PER_TASK
+    rows = build_demo_corpus(root, limit=per_shard * shards, shards=shards)
+    first = pl.read_parquet(root / "stdlib-00.parquet")
+    bad = [
+        {"id": first["id"][0], "text": "a repeat of the first id", "module": "x"},
+        {"id": first["id"][3], "text": first["text"][3], "module": "x"},
+        {"id": None, "text": "a row without an id", "module": "x"},
+        {"id": "bad-empty", "text": "", "module": "x"},
+        {"id": "bad-blank", "text": "   ", "module": "x"},
+        *({"id": f"extra-{i}", "text": f"extra row {i}", "module": "x"} for i in range(5)),
+    ]
+    pl.DataFrame(bad).write_csv(root / "stdlib-99-bad.csv")
+    return rows + len(bad)
+
+
+def write_config(
+    path: Path, model_dir: Path, corpus: Path, out: Path, run: str = "stop_grace_s: 0"
+) -> Path:
+    path.write_text(
+        f"model: {{source: {model_dir}}}\n"
+        f"input: {{path: {corpus}, rows_per_task: {ROWS_PER_TASK}, keep_columns: [module]}}\n"
+        f"output: {{path: {out}}}\n"
+        "embedding: {max_batch_tokens: 4096}\n"
+        "workers: {device: cpu, cpus_per_actor: 1, num_actors: 2}\n"
+        f"run: {{max_retries: 5, {run}}}\n"
+    )
+    return path
+
+
+def start_run(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`embedpipe run` in a new session (its own process group), output appended to log."""
+    env = run_env(env)
+    with open(log, "ab") as sink:
+        return subprocess.Popen(
+            [*EMBEDPIPE, "run", str(config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Each run starts its own embedded Ray ("local"), never joining one found on the machine."""
+    return {**os.environ, "RAY_ADDRESS": "local", **(extra or {})}
+
+
+def end_session(proc: subprocess.Popen[bytes]) -> None:
+    """Ends what is left of a run's process group (Ray agents outlive a killed driver)."""
+    proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def descendants(root: int) -> list[tuple[int, bytes]]:
+    """(pid, cmdline) of every live process below root."""
+    parents: dict[int, int] = {}
+    titles: dict[int, bytes] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            titles[int(proc.name)] = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        found += [(c, titles[c]) for c in children]
+        frontier += children
+    return found
+
+
+def actor_pids(driver: int) -> list[int]:
+    return [pid for pid, title in descendants(driver) if title.startswith(b"ray::EmbedActor")]
+
+
+def done_share(out: Path, tasks: int) -> float:
+    done = out / "_state" / "done"
+    return len(list(done.glob("*.json"))) / tasks if done.is_dir() else 0.0
+
+
+def run_with_kills(
+    config: Path, out: Path, report: ChaosReport, want: int, rng: random.Random
+) -> None:
+    """Runs until a run exits 0, SIGKILLing actors and the driver until `want` kills are in."""
+    log = out.parent / f"{out.name}.log"
+    max_runs = 2 * want + 10
+    while True:
+        report.runs += 1
+        if report.runs > max_runs:
+            raise RuntimeError(f"no run completed in {max_runs} runs; see {log}")
+        proc = start_run(config, log)
+        next_kill = time.monotonic() + rng.uniform(0.5, 3.0)
+        while proc.poll() is None:
+            time.sleep(0.05)
+            if len(report.kills) >= want or time.monotonic() < next_kill:
+                continue
+            victim = choose_victim(proc.pid, out, report, want, rng)
+            if victim is None:
+                next_kill = time.monotonic() + rng.uniform(0.3, 1.0)
+                continue
+            kind, pid = victim
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            report.kills.append(kind)
+            next_kill = time.monotonic() + rng.uniform(0.3, 3.0)
+        end_session(proc)
+        if proc.returncode == 0:
+            return
+
+
+def choose_victim(
+    driver: int, out: Path, report: ChaosReport, want: int, rng: random.Random
+) -> tuple[str, int] | None:
+    """Mostly mid-run: an actor, or the driver a third of the time; now and then the driver
+    while it starts up; the driver when the run is near its end with kills still to come, so
+    that it cannot finish first. None: not now."""
+    actors = actor_pids(driver)
+    if not actors:
+        return ("driver", driver) if rng.random() < 0.1 else None
+    # at least a quarter of the kills hit the driver, whatever the dice say
+    owed = max(1, want // 4) - report.driver_kills >= want - len(report.kills)
+    if owed or done_share(out, report.tasks) > 0.9 or rng.random() < 0.33:
+        return "driver", driver
+    return "actor", rng.choice(actors)
+
+
+def compare(clean: Path, chaotic: Path, corpus_rows: int, report: ChaosReport) -> None:
+    names = sorted(
+        p.relative_to(clean).as_posix() for p in clean.rglob("*.parquet") if "_state" not in p.parts
+    )
+    theirs = sorted(
+        p.relative_to(chaotic).as_posix()
+        for p in chaotic.rglob("*.parquet")
+        if "_state" not in p.parts
+    )
+    report.files_compared = len(names)
+    report.files_differing = sorted(set(names) ^ set(theirs)) + [
+        n for n in names if n in theirs and not filecmp.cmp(clean / n, chaotic / n, shallow=False)
+    ]
+    parts = pl.read_parquet(chaotic / "part-*.parquet")
+    rejects = pl.read_parquet(chaotic / "_rejects" / "*.parquet")
+    report.rows_checked = len(parts) + len(rejects)
+    ids, places = parts["id"].n_unique(), rejects.select(pl.struct("file", "row").n_unique()).item()
+    report.rows_duplicated = (len(parts) - ids) + (len(rejects) - places)
+    report.rows_lost = corpus_rows - ids - places
+    report.temporary_files = [str(p) for p in chaotic.rglob("*") if ".tmp-" in p.name]
+    report.success_marker = (chaotic / "_SUCCESS").is_file()
+
+
+def chaos(model_dir: Path, work: Path, tasks: int, kills: int, seed: int) -> ChaosReport:
+    started = time.monotonic()
+    corpus = work / "in"
+    rows = build_corpus(corpus, tasks)
+    clean = write_config(work / "clean.yaml", model_dir, corpus, work / "clean")
+    subprocess.run([*EMBEDPIPE, "run", str(clean)], check=True, capture_output=True, env=run_env())
+    planned = len(json.loads((work / "clean" / "_state" / "plan.json").read_text())["tasks"])
+    report = ChaosReport(tasks=planned)
+    chaotic = write_config(work / "chaos.yaml", model_dir, corpus, work / "chaos")
+    run_with_kills(chaotic, work / "chaos", report, kills, random.Random(seed))
+    compare(work / "clean", work / "chaos", rows, report)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="an exported model")
+    parser.add_argument("--work", type=Path, default=Path("build/chaos"))
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--kills", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    args = parser.parse_args()
+    if args.work.exists() and any(args.work.iterdir()):
+        parser.error(f"{args.work} is not empty; remove it or pass --work")
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = chaos(args.model_dir, args.work, args.tasks, args.kills, args.seed)
+    print(json.dumps({"seed": args.seed, **report.summary()}, indent=2))
+    ok = not (report.rows_lost or report.rows_duplicated or report.files_differing)
+    return 0 if ok and report.success_marker and not report.temporary_files else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The chaos run (tests/chaos.py): random SIGKILLs of actors and of the driver change nothing.
+
+`make chaos` runs the same harness longer (more tasks, more kills). Each `embedpipe run` here is
+its own process with its own embedded Ray, so this module needs no Ray of its own.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.chaos import chaos
+
+
+@pytest.mark.slow
+def test_a_run_killed_ten_times_equals_a_clean_run(tmp_path, minilm_dir):
+    seed = random.randrange(1 << 30)
+    report = chaos(minilm_dir, tmp_path, tasks=64, kills=10, seed=seed)
+    facts = f"seed {seed}: {report.summary()}"
+    assert report.tasks >= 60, facts
+    assert len(report.kills) >= 10 and report.driver_kills >= 2, facts
+    assert report.runs >= report.driver_kills + 1, facts  # each driver kill needs one more run
+    assert report.rows_checked >= 600, facts
+    assert report.rows_lost == 0 and report.rows_duplicated == 0, facts
+    assert report.files_compared >= 60 and report.files_differing == [], facts
+    assert report.temporary_files == [] and report.success_marker, facts

@@ -1,0 +1,79 @@
+"""SIGINT and SIGTERM stop `embedpipe run` cleanly, and the next run resumes.
+
+The run is a real `embedpipe run` process (with its own embedded Ray), signalled the way a
+terminal's Ctrl-C or `ray job stop` would.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.chaos import build_corpus, end_session, start_run, write_config
+from workers.model_dir import sha256_file
+
+
+def wait_for_done_markers(out: Path, count: int, timeout_s: float = 180) -> int:
+    done = out / "_state" / "done"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = len(list(done.glob("*.json"))) if done.is_dir() else 0
+        if found >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} tasks done after {timeout_s} s")
+
+
+def assert_consistent(out: Path) -> dict[str, dict]:
+    """Every done marker names files that exist with the hash it recorded."""
+    markers = {p.stem: json.loads(p.read_text()) for p in (out / "_state" / "done").glob("*.json")}
+    for marker in markers.values():
+        for file in marker["files"]:
+            assert sha256_file(out / file["path"]) == file["sha256"]
+    return markers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_cleanly_and_the_next_run_resumes(
+    tmp_path, minilm_dir, signum, code
+):
+    rows = build_corpus(tmp_path / "in", tasks=40)
+    out = tmp_path / "out"
+    conf = write_config(tmp_path / "job.yaml", minilm_dir, tmp_path / "in", out, "stop_grace_s: 30")
+    log = tmp_path / "run.log"
+    proc = start_run(conf, log)
+    wait_for_done_markers(out, 3)
+    proc.send_signal(signum)
+    try:
+        assert proc.wait(timeout=60) == code
+    finally:
+        end_session(proc)
+    printed = log.read_text()
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}" in printed and "run it again to resume" in printed
+    report = json.loads((out / "_state" / "report.json").read_text())
+    assert report["interrupted"] == name and report["tasks_failed"] == 0
+    assert 3 <= report["tasks_done"] < report["tasks_total"]
+    markers = assert_consistent(out)
+    assert len(markers) == report["tasks_done"]  # the running tasks finished and were recorded
+    assert not (out / "_SUCCESS").exists()
+    # a temporary file that a killed writer left behind is swept by the next run
+    (out / f".part-{next(iter(markers))}.parquet.tmp-99999").write_bytes(b"half a file")
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "_state" / "done").glob("*.json")}
+    rerun = start_run(conf, log)
+    try:
+        assert rerun.wait(timeout=300) == 0
+    finally:
+        end_session(rerun)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # resumed, not redone
+    assert (out / "_SUCCESS").exists() and not list(out.rglob(".*.tmp-*"))
+    parts = pl.read_parquet(out / "part-*.parquet")
+    rejects = pl.read_parquet(out / "_rejects" / "*.parquet")
+    assert parts["id"].n_unique() == len(parts) and len(parts) + len(rejects) == rows
