@@ -190,8 +190,8 @@ def read_rows(file: InputFile, start: int, stop: int, columns: list[str]) -> pl.
         raise InputError(file.error)
     if file.size == 0:
         return pl.DataFrame(schema={c: pl.String for c in columns})
-    scan = _scan(file.path, file.format)
     try:
+        scan = _scan(file.path, file.format)
         present = scan.collect_schema().names()
     except Exception as err:
         raise read_error(file.path, file.format, err) from err
