@@ -166,7 +166,10 @@ def _describe(error: Any) -> str:
         section = _section_at(error["loc"][:-1])
         allowed = ", ".join(section.model_fields) if section else "?"
         return f"unknown key '{where}' (allowed here: {allowed})"
-    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not where:  # a check across sections: its message names the keys, and the input is all
+        return message
+    return f"{where}: {message} (got {error.get('input')!r})"
 
 
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

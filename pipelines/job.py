@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.config import Config
-from pipelines.planning import Task, plan_tasks
-from pipelines.readers import InputFile, list_inputs
+from pipelines.config import Config, InputConfig
+from pipelines.planning import Task, plan_tasks, require_columns
+from pipelines.readers import InputError, InputFile, list_inputs
 from pipelines.task import TaskSpec
-from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, read_card
+from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,41 @@ class Job:
 
 
 def prepare(config: Config) -> Job:
+    inp = config.input
+    check_paths(inp.path, config.output.path)
     model_dir = ensure_model(config)
     card = read_card(model_dir)
-    files = list_inputs(config.input.path)
-    tasks = plan_tasks(files, config.input.rows_per_task)
+    files = require_columns(list_inputs(inp.path), required_columns(inp), inp.text_column)
+    tasks = plan_tasks(files, inp.rows_per_task)
     return Job(config, model_dir, card, files, tasks, fingerprint(config, card, files))
+
+
+def required_columns(inp: InputConfig) -> dict[str, str]:
+    """Each column the config names -> the key that names it, for the error that says which."""
+    keys = {inp.id_column: "input.id_column", inp.text_column: "input.text_column"}
+    for column in inp.keep_columns:
+        keys.setdefault(column, "input.keep_columns")
+    return keys
+
+
+def check_paths(input_path: str, output_path: Path) -> None:
+    """Refuses an output the input listing would find (a rerun would embed its own part files)
+    and an input inside the output. A glob is judged by the directory it starts from."""
+    out = output_path.resolve()
+    static = Path(re.split(r"[*?[]", input_path)[0])
+    root = (static if static.is_dir() or static == Path(input_path) else static.parent).resolve()
+    if root.is_relative_to(out):
+        raise InputError(
+            f"input.path {input_path!r} is inside output.path {output_path}: the run would "
+            "read what it writes. Set output.path to a directory outside the input"
+        )
+    inside = root.is_dir() and out.is_relative_to(root)
+    if inside and not any(p.startswith(("_", ".")) for p in out.relative_to(root).parts):
+        raise InputError(
+            f"output.path {output_path} is inside input.path {input_path!r}: a rerun would read "
+            "its own part files as input. Set output.path outside the input (or under a "
+            "directory whose name starts with '_', which the input listing skips)"
+        )
 
 
 def ensure_model(config: Config) -> Path:
@@ -76,6 +107,9 @@ def ensure_model(config: Config) -> Path:
             f"{model_dir} holds a {card.dtype} export but model.dtype is {model.dtype}; "
             "point model.dir elsewhere or set model.dtype to match"
         )
+    # Hashed once here, so a changed model.onnx is a usage error before Ray starts rather than
+    # every actor failing to load.
+    check_files(model_dir, card)
     return model_dir
 
 

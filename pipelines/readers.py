@@ -4,12 +4,22 @@ Parquet row counts come from the file footer; JSONL and CSV are counted with a l
 so planning never holds document text. CSV is read with every column as a string: inferring
 types would turn the id "00123" into 123. Files whose names start with '_' or '.' are skipped in
 a directory, as Spark and Hive skip their markers; any other unknown extension is an error rather
-than a silently ignored shard.
+than a silently ignored shard, and so is anything that is not a readable regular file (a broken
+symlink, a FIFO): it becomes a task that fails with the reason, so no shard is lost in silence.
+A 0-byte file of any format is zero rows (with a warning), not a crash.
+
+polars turns what it cannot represent into strings without a word: a JSONL column that mixes
+strings with numbers or objects comes back as strings ('5', '{"a": 1}'), and its UTF-8 errors
+name no file and no line. So a failed read is explained here (file, line, fix), and a JSONL
+string column is checked against the raw lines wherever a value looks like a coerced one.
 """
 
 from __future__ import annotations
 
 import glob as globlib
+import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +27,13 @@ import polars as pl
 import pyarrow.parquet as pq
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+# JSONL lines polars reads to guess the columns before confirming a missing one on the whole file
+SCHEMA_SAMPLE_LINES = 100
+# What polars makes of a JSON number, boolean, object or array it had to turn into a string
+COERCED = re.compile(r"-?\d[\d.eE+-]*|true|false|\{.*\}|\[.*\]", re.DOTALL)
+REENCODE = "re-encode it as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT"
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -31,6 +48,9 @@ class InputFile:
     rows: int | None  # None: the file could not be read; `error` says why
     size: int
     error: str | None = None
+    # Set at planning: the column whose JSON values must be strings. read_rows is given all of
+    # a task's columns alike, and ids or kept columns may well mix 1 and "a"; texts may not.
+    text_column: str | None = None
 
 
 def list_inputs(path: str) -> list[InputFile]:
@@ -52,7 +72,7 @@ def list_inputs(path: str) -> list[InputFile]:
         except InputError as err:
             # One corrupt shard must not stop the others: it becomes a task that fails.
             rows, error = None, str(err)
-        files.append(InputFile(str(file), key, fmt, rows, file.stat().st_size, error))
+        files.append(InputFile(str(file), key, fmt, rows, _size(file), error))
     return files
 
 
@@ -61,12 +81,16 @@ def _expand(path: str) -> tuple[Path, list[Path]]:
     if target.is_file():
         return target.parent, [target]
     if target.is_dir():
-        return target, [p for p in target.rglob("*") if p.is_file() and _visible(p, target)]
+        return target, [p for p in target.rglob("*") if not p.is_dir() and _visible(p, target)]
+    if target.is_symlink():
+        raise InputError(f"input.path {path!r} is a symbolic link to a missing {_link(target)}")
+    if target.exists():
+        raise InputError(f"input.path {path!r} is not a regular file or a directory")
     if any(ch in path for ch in "*?["):
         prefix = Path(path.split("*")[0].split("?")[0].split("[")[0])
         root = prefix if prefix.is_dir() else prefix.parent
         matches = [Path(p) for p in globlib.glob(path, recursive=True)]
-        return root, [p for p in matches if p.is_file() and _visible(p, root)]
+        return root, [p for p in matches if not p.is_dir() and _visible(p, root)]
     raise InputError(f"input.path {path!r} does not exist")
 
 
@@ -74,13 +98,64 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
 
 
+def _link(path: Path) -> str:
+    try:
+        return repr(str(path.readlink()))
+    except OSError:
+        return "target"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # a broken symlink: its error says so
+        return 0
+
+
 def count_rows(path: Path, fmt: str) -> int:
+    if path.is_symlink() and not path.exists():
+        raise InputError(
+            f"{path} is a symbolic link to a missing {_link(path)}; fix the link or remove it"
+        )
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file (a FIFO, socket or device); remove it")
+    if path.stat().st_size == 0:
+        log.warning("%s is empty (0 bytes): read as zero rows", path)
+        return 0
     try:
         if fmt == "parquet":
             return int(pq.ParquetFile(path).metadata.num_rows)
         return int(_scan(path, fmt).select(pl.len()).collect().item())
     except Exception as err:
-        raise InputError(f"{path}: cannot read it as {fmt}: {err}") from err
+        raise read_error(path, fmt, err) from err
+
+
+def read_error(path: str | Path, fmt: str, err: Exception) -> InputError:
+    """Says why a file cannot be read: permissions, bad UTF-8 (with its line), or polars' own."""
+    if isinstance(err, PermissionError) or "ermission denied" in str(err):
+        return InputError(
+            f"{path}: permission denied; make it readable by the user that runs embedpipe "
+            "and its Ray workers"
+        )
+    if fmt != "parquet" and (where := first_bad_utf8(path)) is not None:
+        line, offset = where
+        return InputError(f"{path}: line {line} (byte {offset}) is not valid UTF-8; {REENCODE}")
+    return InputError(f"{path}: cannot read it as {fmt}: {err}")
+
+
+def first_bad_utf8(path: str | Path) -> tuple[int, int] | None:
+    """(line, byte offset) of the first byte that is not UTF-8, counted as editors (line from
+    1) and `dd` (offset from 0) do; None when the whole file decodes. Only called once a read
+    failed, so the second pass costs nothing on good files."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, offset + err.start
+            offset += len(line)
+    return None
 
 
 def _scan(path: str | Path, fmt: str) -> pl.LazyFrame:
@@ -91,18 +166,82 @@ def _scan(path: str | Path, fmt: str) -> pl.LazyFrame:
     return pl.scan_csv(path, infer_schema=False)
 
 
+def file_columns(file: InputFile, wanted: list[str]) -> list[str]:
+    """The file's columns, read cheaply: a Parquet footer, a CSV header, the first JSONL lines
+    (and all of them only when the first lines lack a wanted column)."""
+    path = file.path
+    try:
+        if file.format == "parquet":
+            return list(pq.read_schema(path).names)
+        if file.format == "csv":
+            return _scan(path, "csv").collect_schema().names()
+        sample = pl.scan_ndjson(path, infer_schema_length=SCHEMA_SAMPLE_LINES)
+        names = sample.collect_schema().names()
+        if all(c in names for c in wanted):
+            return names
+        return _scan(path, "jsonl").collect_schema().names()
+    except Exception as err:
+        raise read_error(path, file.format, err) from err
+
+
 def read_rows(file: InputFile, start: int, stop: int, columns: list[str]) -> pl.DataFrame:
     """Rows [start, stop) of one file, only the named columns, which must all exist."""
     if file.error is not None:
         raise InputError(file.error)
-    scan = _scan(file.path, file.format)
+    if file.size == 0:
+        return pl.DataFrame(schema={c: pl.String for c in columns})
     try:
+        scan = _scan(file.path, file.format)
         present = scan.collect_schema().names()
     except Exception as err:
-        raise InputError(f"{file.path}: cannot read it as {file.format}: {err}") from err
+        raise read_error(file.path, file.format, err) from err
     if missing := [c for c in columns if c not in present]:
         raise InputError(
             f"{file.path}: column(s) {', '.join(missing)} not found; columns are: "
             f"{', '.join(present)}. Set input.id_column, input.text_column or input.keep_columns"
         )
-    return scan.slice(start, stop - start).select(columns).collect()
+    try:
+        frame = scan.slice(start, stop - start).select(columns).collect()
+    except Exception as err:
+        raise read_error(file.path, file.format, err) from err
+    if file.format == "jsonl" and file.text_column in frame.columns:
+        check_json_strings(file.path, frame, file.text_column, start)
+    return frame
+
+
+def check_json_strings(path: str, frame: pl.DataFrame, name: str, start: int) -> None:
+    """Refuses a JSONL text column that polars made out of numbers, booleans, objects or
+    arrays: a text 5 must not be embedded as the text '5'. (A column of numbers only stays
+    numeric, and its rows become rejects.) Only values that look coerced are looked up in the
+    raw lines, so a clean file costs one regex match per text."""
+    if frame.schema[name] != pl.String:
+        return
+    values = frame[name].to_list()
+    suspects = [i for i, v in enumerate(values) if v is not None and COERCED.fullmatch(v)]
+    for row, line, value in _raw_values(path, start, suspects, name):
+        if not isinstance(value, str | None):
+            kind = {bool: "boolean", int: "number", float: "number", dict: "object"}
+            raise InputError(
+                f"{path}: line {line} (row {start + row}): {name!r} is a JSON "
+                f"{kind.get(type(value), 'array')}, {json.dumps(value)[:40]}, not a string; "
+                f"polars would embed it as text. Write every {name!r} as a JSON string or null"
+            )
+
+
+def _raw_values(path: str, start: int, rows: list[int], name: str) -> list[tuple[int, int, object]]:
+    """(row, line number, parsed value of `name`) for the given rows of a task, from the raw
+    lines; polars skips blank lines, so rows are counted over the non-blank ones."""
+    if not rows:
+        return []
+    lines = (
+        pl.scan_lines(path, name="line_text", row_index_name="line", row_index_offset=1)
+        .filter(pl.col("line_text").str.strip_chars() != "")
+        .slice(start, max(rows) + 1)
+        .with_row_index("row")
+        .filter(pl.col("row").is_in(rows))
+        .collect()
+    )
+    return [
+        (row, line, json.loads(text).get(name))
+        for row, line, text in lines.select("row", "line", "line_text").iter_rows()
+    ]

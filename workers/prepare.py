@@ -16,8 +16,18 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from workers.long_texts import chunks, window
 from workers.model_dir import ModelCard, ModelDirError
 from workers.options import EmbedOptions, OptionError
+
+# A text longer than this many characters per max_seq_length token is tokenized only in the
+# window truncation keeps (or counted chunk by chunk): see long_texts.py.
+LONG_CHARS_PER_TOKEN = 64
+# The window starts at this many characters per token kept, and grows 4x until it holds more
+# tokens than are kept, plus a margin so the word at its far edge is never among them.
+WINDOW_CHARS_PER_TOKEN = 16
+WINDOW_MARGIN = 16
+COUNT_CHUNK_CHARS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class TextPreparer:
         self._prefix, self._suffix = special_frame(tokenizer)
         self.pad_id = pad_id(tokenizer)
         self._budget = card.max_seq_length - len(self._prefix) - len(self._suffix)
+        self._long_chars = card.max_seq_length * LONG_CHARS_PER_TOKEN
         if self._budget < 1:
             raise ModelDirError(
                 f"max_seq_length {card.max_seq_length} leaves no room for text "
@@ -88,10 +99,20 @@ class TextPreparer:
         n_tokens = np.zeros(n, np.int32)
         truncated = np.zeros(n, bool)
         live = [i for i in range(n) if errors[i] is None]
-        encodings = self._tok.encode_batch(
-            [prompt + str(texts[i]) for i in live], add_special_tokens=False
+        short = [i for i in live if len(str(texts[i])) <= self._long_chars]
+        found = self._tok.encode_batch(
+            [prompt + str(texts[i]) for i in short], add_special_tokens=False
         )
-        for i, enc in zip(live, encodings, strict=True):
+        encodings = dict(zip(short, found, strict=True))
+        for i in live:
+            enc = (
+                encodings[i]
+                if i in encodings
+                else self._encode_long(prompt, str(texts[i]), options)
+            )
+            if isinstance(enc, int):  # the token count of a text rejected as too long
+                n_tokens[i], errors[i] = enc, self._too_long(enc)
+                continue
             n_prompt = _prompt_tokens(enc, len(prompt)) if prompt else 0
             kept, count, cut, error = self._fit(enc, n_prompt, options)
             ids[i], n_tokens[i], truncated[i], errors[i] = kept, count, cut, error
@@ -108,11 +129,7 @@ class TextPreparer:
             return content, total, False, "text has no tokens for this model's tokenizer"
         cut = len(content) > self._budget
         if cut and not options.truncate:
-            reason = (
-                f"text has {total} tokens, over max_seq_length {self._card.max_seq_length}; "
-                "set truncate to true or shorten the text"
-            )
-            return np.empty(0, np.int64), total, False, reason
+            return np.empty(0, np.int64), total, False, self._too_long(total)
         if cut and options.truncation_direction == "left":
             if n_prompt >= self._budget:
                 reason = (
@@ -126,6 +143,38 @@ class TextPreparer:
             content = content[: self._budget]
         kept = np.concatenate([self._prefix, content, self._suffix])
         return kept, len(kept), cut, None
+
+    def _too_long(self, total: int) -> str:
+        return (
+            f"text has {total} tokens, over max_seq_length {self._card.max_seq_length}; "
+            "set truncate to true or shorten the text"
+        )
+
+    def _encode_long(self, prompt: str, text: str, options: EmbedOptions) -> Encoding | int:
+        """The encoding of the part of a long text that truncation keeps; under truncate=false
+        the full token count (with special tokens) when it is over the limit."""
+        if not options.truncate:
+            total = self._count(prompt + text) + len(self._prefix) + len(self._suffix)
+            if total > self._card.max_seq_length:
+                return total
+        else:
+            chars = self._budget * WINDOW_CHARS_PER_TOKEN
+            while chars < len(text) and (part := window(text, chars, options.truncation_direction)):
+                enc = self._tok.encode(prompt + part, add_special_tokens=False)
+                if len(enc.ids) > self._budget + WINDOW_MARGIN:
+                    return enc
+                chars *= 4
+        return self._tok.encode(prompt + text, add_special_tokens=False)
+
+    def _count(self, text: str) -> int:
+        """Tokens in a text, counted a few chunks at a time so memory stays bounded."""
+        pieces, total = list(chunks(text, COUNT_CHUNK_CHARS)), 0
+        for start in range(0, len(pieces), 16):
+            batch = self._tok.encode_batch_fast(
+                pieces[start : start + 16], add_special_tokens=False
+            )
+            total += sum(len(enc.ids) for enc in batch)
+        return total
 
 
 def _prompt_tokens(enc: Encoding, prompt_chars: int) -> int:

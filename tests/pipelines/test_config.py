@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,28 @@ def test_partitions_must_be_kept_columns(tmp_path):
         load_config(
             write(tmp_path, text.replace("{path: out}", "{path: out, partition_by: [year]}"))
         )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "input.rows_per_task=-1",
+            r"input\.rows_per_task: Input should be greater than or equal to 1",
+        ),
+        ("embedding.max_batch_tokens=0", r"embedding\.max_batch_tokens: Input should be greater"),
+        ("run.max_retries=-1", r"run\.max_retries: Input should be greater than or equal to 0"),
+        ("workers.num_actors=0", r"workers\.num_actors: must be 'auto' or at least 1"),
+        ("run.wait_timeout_s=-5", r"run\.wait_timeout_s: Input should be greater than 0"),
+        ("input.rows_per_task=many", r"input\.rows_per_task: Input should be a valid integer"),
+        ("input.keep_columns=title", r"input\.keep_columns: Input should be a valid list"),
+        ("embedding.normalize=[1]", r"embedding\.normalize: Input should be a valid boolean"),
+        ("input.colour=red", r"unknown key 'input\.colour' \(allowed here: path, id_column"),
+    ],
+)
+def test_run_refuses_a_bad_value_with_exit_2_naming_the_key(tmp_path, capsys, override, expected):
+    from pipelines.cli import main
+
+    assert main(["run", str(write(tmp_path, MINIMAL)), override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embedpipe: error: ") and re.search(expected, err), err

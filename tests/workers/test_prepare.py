@@ -100,3 +100,47 @@ def test_default_prompt_applies_when_none_is_named(prompt_dir, tokenizer):
     preparer = TextPreparer.from_file(prompt_dir / TOKENIZER_FILE, card)
     got = preparer.prepare(["hello"], EmbedOptions())
     assert got.ids[0].tolist() == tokenizer.encode("query: hello").ids
+
+
+# Over the 64 characters per max_seq_length token at which only the kept window is tokenized.
+VERY_LONG = "".join(f"word{i}, more\ttext\n" for i in range(2000))
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_a_very_long_text_keeps_the_same_tokens_as_a_whole_tokenization(
+    preparer, tokenizer, direction
+):
+    assert len(VERY_LONG) > 64 * 256
+    got = preparer.prepare([VERY_LONG], EmbedOptions(truncation_direction=direction))
+    full = content_ids(tokenizer, VERY_LONG)
+    assert got.ids[0].tolist()[1:-1] == (full[:254] if direction == "right" else full[-254:])
+    assert got.n_tokens[0] == 256 and got.truncated[0]
+
+
+def test_a_very_long_text_under_no_truncate_is_rejected_with_its_exact_count(preparer, tokenizer):
+    got = preparer.prepare([VERY_LONG], EmbedOptions(truncate=False))
+    full = len(content_ids(tokenizer, VERY_LONG)) + 2
+    assert got.n_tokens[0] == full and f"text has {full} tokens" in str(got.errors[0])
+
+
+def test_a_very_long_text_keeps_its_prompt_under_left_truncation(prompt_dir, tokenizer):
+    preparer = TextPreparer.from_file(prompt_dir / TOKENIZER_FILE, read_card(prompt_dir))
+    options = EmbedOptions(prompt_name="query", truncation_direction="left")
+    got = preparer.prepare([VERY_LONG], options).ids[0].tolist()
+    prompt = content_ids(tokenizer, "query: ")
+    assert got[1 : 1 + len(prompt)] == prompt
+    assert got[1 + len(prompt) : -1] == content_ids(tokenizer, VERY_LONG)[-(254 - len(prompt)) :]
+
+
+@pytest.mark.parametrize("truncate", [True, False])
+def test_a_10_mb_text_is_truncated_or_rejected_with_its_token_count(preparer, tokenizer, truncate):
+    unit, repeats = "lorem ipsum dolor sit amet ", 370_371
+    text = unit * repeats  # 10,000,017 characters
+    got = preparer.prepare([text, "short"], EmbedOptions(truncate=truncate))
+    assert got.errors[1] is None
+    if truncate:
+        assert (got.n_tokens[0], got.truncated[0], got.errors[0]) == (256, True, None)
+    else:
+        full = len(content_ids(tokenizer, unit)) * repeats + 2  # words never share a token
+        assert got.n_tokens[0] == full and not got.truncated[0]
+        assert f"text has {full} tokens, over max_seq_length 256" in str(got.errors[0])
