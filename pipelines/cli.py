@@ -255,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = run_job(config)
-    except (StateError, InputError, ModelDirError) as err:
+    except (StateError, InputError, ModelDirError, ConfigError) as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 2
     except ClusterError as err:

@@ -73,11 +73,14 @@ class Driver:
         unknown) are recorded as failed without being embedded."""
         unread = unread or {}
         for task in tasks:
-            if task.task_id in unread:
+            if task.file.error is not None:  # known unreadable at listing: no actor needed
+                self.attempts[task.task_id] = 1
+                self.fail(task, InputError(task.file.error), f"InputError: {task.file.error}")
+            elif task.task_id in unread:
                 err = unread[task.task_id]
                 self.attempts[task.task_id] = 1
                 self.fail(task, err, f"its ids could not be read: {err.cause or err}")
-        self.queue.extend(t for t in tasks if t.task_id not in unread)
+        self.queue.extend(t for t in tasks if t.file.error is None and t.task_id not in unread)
         # Probes alone do not keep the loop going: an actor that cannot be placed again must
         # not hold up a run whose tasks are all settled.
         while self.queue or self.retries or self.in_flight:
