@@ -18,7 +18,7 @@ from ray.cluster_utils import Cluster
 from pipelines.config import load_config
 from pipelines.run import run_job
 from tests.chaos import build_corpus, descendants, write_config
-from tests.pipelines.test_interrupts import wait_for_done_markers
+from tests.pipelines.test_interrupts import assert_consistent, wait_for_done_markers
 
 
 @pytest.fixture
@@ -62,3 +62,34 @@ def test_a_worker_node_lost_mid_run_loses_no_row(cluster, tmp_path, minilm_dir, 
     rejects = pl.read_parquet(Path(out) / "_rejects" / "*.parquet")
     assert parts["id"].n_unique() == len(parts) and len(parts) + len(rejects) == rows
     assert any("actor died running" in r.message for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_losing_the_only_node_stops_the_run_naming_what_it_lacks(cluster, tmp_path, minilm_dir):
+    from pipelines.cluster import ClusterError
+
+    node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    build_corpus(tmp_path / "in", tasks=40)
+    out = tmp_path / "out"
+    conf = write_config(
+        tmp_path / "job.yaml", minilm_dir, tmp_path / "in", out, "wait_timeout_s: 5"
+    )
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            run_job(load_config(conf, ["workers.num_actors=1"]))
+        except ClusterError as err:
+            result["error"] = str(err)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    wait_for_done_markers(out, 3)
+    cluster.remove_node(node, allow_graceful=False)
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the run hangs on an actor that cannot come back"
+    assert "the cluster lacks the CPUs or GPUs to restart them" in result.get("error", ""), result
+    assert not (out / "_SUCCESS").exists()
+    assert_consistent(out)
