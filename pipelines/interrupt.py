@@ -36,6 +36,9 @@ class Interrupted(Exception):
 class StopRequest:
     def __init__(self, grace_s: float = 10.0) -> None:
         self.grace_s = grace_s
+        # Until the run holds its output there is nothing to finish or record (an export on
+        # first use is built aside and renamed), so a signal then stops at once.
+        self.immediate = True
         self.signum: int | None = None
         self.count = 0
         self.first_at = 0.0
@@ -59,6 +62,8 @@ class StopRequest:
         self._saved.clear()
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.immediate:
+            raise Interrupted(signum)
         self.count += 1
         if self.count == 1:
             self.signum, self.first_at = signum, time.monotonic()

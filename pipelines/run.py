@@ -39,7 +39,7 @@ def run_job(config: Config, stop: StopRequest | None = None) -> dict[str, Any]:
     stop.install()
     try:
         job = prepare(config)
-        stop.check()
+        stop.immediate = False
         return _run_held(job, stop, started)
     finally:
         stop.restore()
