@@ -39,7 +39,9 @@ def assert_consistent(out: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_signal_stops_the_run_cleanly_and_the_next_run_resumes(
     tmp_path, minilm_dir, signum, code
 ):
