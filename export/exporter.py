@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from export.graph import OPSET, export_graph
-from export.optimize import fuse, quantize_int8
+from export.optimize import fuse, quantize_int8, to_fp16
 from export.parity import THRESHOLDS, builtin_texts, measure
 from export.source import ExportError, Source, load_source
 from workers import Embedder
@@ -26,9 +26,10 @@ from workers.model_dir import (
     sha256_file,
     write_atomic,
 )
+from workers.session import resolve_device
 
 log = logging.getLogger(__name__)
-EXPORT_DTYPES = ("fp32", "int8")
+EXPORT_DTYPES = ("fp32", "fp16", "int8")
 _LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime-gpu")
 
 
@@ -70,6 +71,9 @@ def _build(source: Source, work: Path, dtype: str, optimize: bool) -> ModelCard:
     if dtype == "int8":
         log.info("quantizing MatMul and Attention weights to int8")
         quantize_int8(graph, work / MODEL_FILE)
+    elif dtype == "fp16":
+        log.info("converting the graph to fp16 (inputs, output and pooling stay as they are)")
+        to_fp16(graph, work / MODEL_FILE)
     else:
         graph.rename(work / MODEL_FILE)
     for leftover in work.glob("*.onnx"):
@@ -95,15 +99,18 @@ def _build(source: Source, work: Path, dtype: str, optimize: bool) -> ModelCard:
 
 
 def _with_parity(card: ModelCard, source: Source, work: Path) -> ModelCard:
-    log.info("measuring parity against sentence-transformers")
-    embedder = Embedder.load(work, verify_checksum=False)
+    # fp16 is a GPU format: measured on the GPU where there is one; onnxruntime's CPU kernels
+    # run it too (slowly), so a machine without one still checks the export before writing it.
+    device = resolve_device("auto") if card.dtype == "fp16" else "cpu"
+    log.info("measuring parity against sentence-transformers on the %s", device)
+    embedder = Embedder.load(work, device=device, verify_checksum=False)
     report = measure(embedder, source.model, builtin_texts(), THRESHOLDS[card.dtype])
     if not report.passed:
         raise ExportError(
             f"parity failed: min cosine {report.min_cosine:.6f} to sentence-transformers is "
             f"under {report.threshold} for {card.dtype}; the export was not written"
         )
-    card = dataclasses.replace(card, parity=report.as_dict())
+    card = dataclasses.replace(card, parity={**report.as_dict(), "device": device})
     write_atomic(work / CARD_FILE, card.to_json())
     return card
 

@@ -85,7 +85,9 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="local sentence-transformers dir, pkg:NAME or hub id")
     p.add_argument("--out", type=Path, help="model directory to write")
-    p.add_argument("--dtype", choices=["fp32", "int8"], help="fp32 (default) or int8 (CPU)")
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16", "int8"], help="fp32 (default), fp16 (GPU), int8 (CPU)"
+    )
     p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime's fusion")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")

@@ -60,6 +60,11 @@ def minilm_int8_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(MINILM, tmp_path_factory.mktemp("models") / "minilm-fp16", "--dtype", "fp16")
+
+
+@pytest.fixture(scope="session")
 def prompt_src(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """all-MiniLM-L6-v2 with prompts in its config_sentence_transformers.json."""
     src = tmp_path_factory.mktemp("src") / "minilm-prompts"

@@ -68,6 +68,25 @@ def test_int8_export_is_smaller_and_close_to_fp32(minilm_dir, minilm_int8_dir, p
     assert sims.mean() >= 0.98 and sims.min() >= 0.9
 
 
+def test_fp16_export_has_fp16_weights_float_io_and_passes_parity(
+    minilm_dir, minilm_fp16_dir, parity_texts
+):
+
+    card = read_card(minilm_fp16_dir)
+    assert card.dtype == "fp16" and card.parity["passed"] and card.parity["min_cosine"] >= 0.999
+    graph = onnx.load(str(minilm_fp16_dir / MODEL_FILE)).graph
+    weights = [t for t in graph.initializer if int(np.prod(t.dims)) >= 1024]
+    assert weights and {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16}
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT64] * 2
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT]
+    size = (minilm_fp16_dir / MODEL_FILE).stat().st_size
+    assert size < 0.6 * (minilm_dir / MODEL_FILE).stat().st_size
+    texts = parity_texts[::8]
+    fp16 = Embedder.load(minilm_fp16_dir).embed(texts)
+    assert fp16.vectors.dtype == np.float32
+    assert cosines(fp16.vectors, Embedder.load(minilm_dir).embed(texts).vectors).min() >= 0.999
+
+
 def test_no_optimize_leaves_the_graph_unfused_and_exact(tmp_path):
     out = export(MINILM, tmp_path / "plain", "--no-optimize")
     card = read_card(out)
