@@ -279,6 +279,9 @@ def _print_summary(report: dict[str, Any]) -> None:
         f"{report['rows_rejected']:,} rejected, {report['tokens']:,} tokens "
         f"in {report['seconds']:.1f} s (start-up {report['seconds_startup']:.1f} s)"
     )
+    if report.get("device_idle_share") is not None:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds_per_stage"].items())
+        print(f"device idle {report['device_idle_share']:.0%} of the time; task stages: {stages}")
     for task_id, reason in report["failures"].items():
         print(f"  failed {task_id}: {reason}")
     if "interrupted" in report:

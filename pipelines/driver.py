@@ -67,6 +67,9 @@ class Driver:
         self.probing: dict[Any, Any] = {}
         self.attempts: Counter[str] = Counter()
         self._order = itertools.count()
+        self.actor_count = len(actors)
+        self.device_s = 0.0  # summed over this run's tasks: the actors' time on their device
+        self.wall_s = 0.0
 
     def run(self, tasks: list[Task], unread: dict[str, RayTaskError] | None = None) -> None:
         """Runs tasks; those in `unread` (their ids could not be read, so their repeats are
@@ -81,6 +84,19 @@ class Driver:
                 self.attempts[task.task_id] = 1
                 self.fail(task, err, f"its ids could not be read: {err.cause or err}")
         self.queue.extend(t for t in tasks if t.file.error is None and t.task_id not in unread)
+        started = time.monotonic()
+        try:
+            self._loop()
+        finally:
+            self.wall_s = time.monotonic() - started
+
+    def device_idle_share(self) -> float | None:
+        """The share of the actors' time in this run that their devices sat idle."""
+        if self.wall_s <= 0 or not self.actor_count:
+            return None
+        return max(0.0, 1.0 - self.device_s / (self.actor_count * self.wall_s))
+
+    def _loop(self) -> None:
         # Probes alone do not keep the loop going: an actor that cannot be placed again must
         # not hold up a run whose tasks are all settled.
         while self.queue or self.retries or self.in_flight:
@@ -148,6 +164,7 @@ class Driver:
             return
         self.idle.append(actor)
         self.state.mark_done(task.task_id, result.as_marker())
+        self.device_s += result.seconds.get("device", 0.0)
         self.progress.task_done(result.rows, result.tokens)
 
     def actor_lost(self, actor: Any, task: Task, err: RayActorError) -> None:

@@ -55,8 +55,8 @@ def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
         state.clear_success()
         state.sweep_temporaries()
         todo = pending(job, state)
-        startup_s = run_tasks(job, state, todo, stop) if todo else 0.0
-        report = build_report(job, state, time.monotonic() - started, startup_s)
+        usage = run_tasks(job, state, todo, stop) if todo else {}
+        report = build_report(job, state, time.monotonic() - started, usage)
         if stop.signum is not None:
             report["interrupted"] = signal.Signals(stop.signum).name
         state.write_report(report)
@@ -90,9 +90,9 @@ def _plan_entry(task: Task) -> dict[str, Any]:
     return {"task": task.task_id, "file": task.file.key, "start": task.start, "stop": task.stop}
 
 
-def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) -> float:
-    """Runs the tasks until done or stopped; returns the seconds spent starting Ray and
-    loading the actors."""
+def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) -> dict[str, float]:
+    """Runs the tasks until done or stopped; returns the seconds spent starting Ray and loading
+    the actors, then embedding, and the share of that time the actors' devices sat idle."""
     clock = time.monotonic()
     try:
         connect()
@@ -101,16 +101,19 @@ def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) ->
         log.info("starting %d %s actor(s) for %d task(s)", plan.count, plan.device, len(todo))
         actors = start_actors(job.config, plan, str(job.model_dir), stop)
     except Interrupted:
-        return time.monotonic() - clock
-    startup_s = time.monotonic() - clock
+        return {"seconds_startup": time.monotonic() - clock}
+    usage = {"seconds_startup": time.monotonic() - clock}
     with contextlib.suppress(Interrupted):  # the caller reports from what the markers say
-        drive(job, state, todo, actors, stop)
-    return startup_s
+        driver = drive(job, state, todo, actors, stop)
+        usage["seconds_embedding"] = driver.wall_s
+        if (idle := driver.device_idle_share()) is not None:
+            usage["device_idle_share"] = idle
+    return usage
 
 
 def drive(
     job: Job, state: RunState, todo: list[Task], actors: list[Any], stop: StopRequest
-) -> None:
+) -> Driver:
     run = job.config.run
     done_rows = sum(t.rows for t in job.tasks) - sum(t.rows for t in todo)
     progress = Progress(sum(t.rows for t in job.tasks), done_rows)
@@ -137,9 +140,12 @@ def drive(
         stall_s=run.wait_timeout_s,
     )
     driver.run(todo, unread)
+    return driver
 
 
-def build_report(job: Job, state: RunState, seconds: float, startup_s: float) -> dict[str, Any]:
+def build_report(
+    job: Job, state: RunState, seconds: float, usage: dict[str, float]
+) -> dict[str, Any]:
     planned = {t.task_id for t in job.tasks}
     done, failed = state.settled(planned)
     stages: dict[str, float] = {}
@@ -153,7 +159,13 @@ def build_report(job: Job, state: RunState, seconds: float, startup_s: float) ->
         "tasks_failed": len(failed),
         **totals(done),
         "seconds": round(seconds, 3),
-        "seconds_startup": round(startup_s, 3),
+        "seconds_startup": round(usage.get("seconds_startup", 0.0), 3),
+        "seconds_embedding": round(usage.get("seconds_embedding", 0.0), 3),
+        # of the actors' time while embedding: near 0 means reading, tokenizing and writing
+        # kept up with the device (the report's stage seconds say which one did not)
+        "device_idle_share": round(usage["device_idle_share"], 3)
+        if "device_idle_share" in usage
+        else None,
         "seconds_per_stage": {k: round(v, 3) for k, v in stages.items()},
         "failures": {k: v["message"] for k, v in failed.items()},
     }

@@ -11,6 +11,7 @@ session run is serialized, so one call's tokenizing overlaps another's inference
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class Embeddings:
     n_tokens: np.ndarray  # (n,) int32; for a too-long reject, the tokens it would have needed
     truncated: np.ndarray  # (n,) bool
     errors: tuple[str | None, ...]  # why each text was rejected, None where embedded
+    device_s: float = 0.0  # seconds this call held the device (the rest is the device's idle)
 
     @property
     def ok(self) -> np.ndarray:
@@ -71,27 +73,54 @@ class Embedder:
         card = read_card(root)
         check_files(root, card, verify_checksum)
         preparer = TextPreparer.from_file(root / TOKENIZER_FILE, card)
-        session = OnnxSession(root / MODEL_FILE, device=device, threads=threads)
-        return cls(card, preparer, session, max_batch_tokens)
+        session = OnnxSession(
+            root / MODEL_FILE, device=device, threads=threads, exact_fp32=card.dtype == "fp32"
+        )
+        embedder = cls(card, preparer, session, max_batch_tokens)
+        if session.device == "cuda":
+            embedder.warm_up()
+        return embedder
 
     def embed(self, texts: Sequence[object], options: EmbedOptions | None = None) -> Embeddings:
         options = options or EmbedOptions()
         prepared = self.preparer.prepare(texts, options)
-        vectors = self.run(prepared)
+        vectors, device_s = self.run(prepared)
         if options.normalize:
             vectors = l2_normalize(vectors)
-        return Embeddings(vectors, prepared.n_tokens, prepared.truncated, tuple(prepared.errors))
+        errors = tuple(prepared.errors)
+        return Embeddings(vectors, prepared.n_tokens, prepared.truncated, errors, device_s)
 
-    def run(self, prepared: Prepared) -> np.ndarray:
-        """Pooled vectors in input order; NaN rows where the text was rejected."""
+    def warm_up(self) -> list[tuple[int, int]]:
+        """Runs one batch per length bucket up to max_seq_length, as many rows as the budget
+        allows, so the device's kernels are chosen and its memory arena sized before the first
+        real batch; returns the (rows, length) shapes it ran."""
+        shapes = []
+        length = 16
+        while True:
+            length = min(length, self.card.max_seq_length)
+            rows = max(1, self.max_batch_tokens // length)
+            ids = np.full((rows, length), self.preparer.pad_id, dtype=np.int64)
+            with self._device:
+                self.session.run(ids, np.ones_like(ids))
+            shapes.append((rows, length))
+            if length == self.card.max_seq_length:
+                return shapes
+            length *= 2
+
+    def run(self, prepared: Prepared) -> tuple[np.ndarray, float]:
+        """Pooled vectors in input order (NaN rows where the text was rejected), and the seconds
+        spent holding the device."""
         vectors = np.full((len(prepared.ids), self.card.dim), np.nan, dtype=np.float32)
         live = np.array([i for i, e in enumerate(prepared.errors) if e is None], dtype=np.int64)
+        busy = 0.0
         if len(live) == 0:
-            return vectors
+            return vectors, busy
         lengths = np.array([len(prepared.ids[i]) for i in live])
         for batch in plan_batches(lengths, self.max_batch_tokens):
             rows = live[batch]
             input_ids, mask = pad_batch([prepared.ids[i] for i in rows], self.preparer.pad_id)
             with self._device:
+                clock = time.perf_counter()
                 vectors[rows] = self.session.run(input_ids, mask)
-        return vectors
+                busy += time.perf_counter() - clock
+        return vectors, busy

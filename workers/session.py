@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -36,7 +37,9 @@ def resolve_device(device: str) -> str:
     return "cuda" if has_gpu and cuda else "cpu"
 
 
-def providers_for(device: str, device_id: int = 0) -> list[str | tuple[str, dict[str, int]]]:
+def providers_for(
+    device: str, device_id: int = 0, exact_fp32: bool = True
+) -> list[str | tuple[str, dict[str, Any]]]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device != "cuda":
@@ -47,15 +50,48 @@ def providers_for(device: str, device_id: int = 0) -> list[str | tuple[str, dict
             f"device 'cuda' asked for, but onnxruntime {ort.__version__} has no CUDA provider "
             f"(it has {', '.join(available)}): install onnxruntime-gpu, or set device: cpu"
         )
-    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    preload_cuda()
+    return [("CUDAExecutionProvider", cuda_options(device_id, exact_fp32)), "CPUExecutionProvider"]
+
+
+def cuda_options(device_id: int, exact_fp32: bool) -> dict[str, Any]:
+    return {
+        # Inside a Ray actor with num_gpus=1 the one visible GPU is device 0.
+        "device_id": device_id,
+        # Batches vary in shape; growing the arena by what is asked, not by powers of two,
+        # keeps a long run's memory near its largest batch instead of doubling past it.
+        "arena_extend_strategy": "kSameAsRequested",
+        # TF32 matmuls keep 10 mantissa bits, so an fp32 export would no longer be held to its
+        # reference's 0.9999 cosine; fp16 graphs do not use it either way.
+        "use_tf32": 0 if exact_fp32 else 1,
+        # Copies run on the compute stream, so a batch's inputs are on the device, in order,
+        # before its kernels start; no extra synchronisation.
+        "do_copy_in_default_stream": 1,
+    }
+
+
+def preload_cuda() -> None:
+    """Loads the CUDA and cuDNN libraries onnxruntime needs before the first session, from the
+    nvidia-* wheels when they are installed (onnxruntime >= 1.21), so a missing one is named
+    here instead of the provider silently not loading."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
 
 
 class OnnxSession:
     def __init__(
-        self, path: str | Path, device: str = "cpu", threads: int | None = None, device_id: int = 0
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        device_id: int = 0,
+        exact_fp32: bool = True,
     ) -> None:
         device = resolve_device(device)
         options = ort.SessionOptions()
+        # The export fused attention, layer norm and GELU already; ALL adds the layout and
+        # constant-folding passes that need the provider, at a load-time cost of a second.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             if threads < 1:
@@ -65,7 +101,7 @@ class OnnxSession:
         self.device = device
         self._device_id = device_id
         self._session = ort.InferenceSession(
-            str(path), options, providers=providers_for(device, device_id)
+            str(path), options, providers=providers_for(device, device_id, exact_fp32)
         )
         got = self._session.get_providers()
         if device == "cuda" and got[0] != "CUDAExecutionProvider":

@@ -93,6 +93,9 @@ def test_every_row_once_with_the_embedders_vectors(job_conf, minilm_dir):
     assert report["tasks_done"] == report["tasks_total"] and (out / "_SUCCESS").exists()
     assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
     assert parts["id"].n_unique() == len(parts)
+    stages = report["seconds_per_stage"]
+    assert set(stages) == {"read", "embed", "device", "write"}
+    assert 0 < stages["device"] <= stages["embed"] and 0 <= report["device_idle_share"] < 1
     assert sorted(rejects["reason"].to_list()) == [
         "id 'doc-0010' repeats row 10 of s0.parquet",
         "id 'doc-0154' repeats row 3 of s5.csv",
@@ -266,3 +269,15 @@ def test_a_missing_model_dir_is_exported_on_first_use(tmp_path, parity_texts):
     assert (
         report["tasks_done"] == report["tasks_total"] and (tmp_path / "out" / "_SUCCESS").exists()
     )
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_places_one_actor_per_gpu_on_the_cuda_provider(job_conf, caplog):
+    import ray
+
+    path, over = job_conf(**{"workers.device": "cuda", "workers.num_actors": "auto"})
+    report = run_job(load_config(path, over))
+    assert report["tasks_done"] == report["tasks_total"]
+    ready = [r.getMessage() for r in caplog.records if "actor ready" in r.getMessage()]
+    assert len(ready) == min(int(ray.cluster_resources()["GPU"]), report["tasks_total"])
+    assert all(line.endswith("(cuda)") for line in ready)

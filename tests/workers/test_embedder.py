@@ -116,3 +116,31 @@ def test_concurrent_calls_from_two_threads_give_the_same_vectors(embedder, parit
         together = list(pool.map(lambda h: embedder.embed(h).vectors, halves))
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_iobinding_path_equals_a_plain_onnxruntime_session(minilm_dir, embedder, parity_texts):
+    import onnxruntime as ort
+
+    from workers.batching import pad_batch
+
+    plain = ort.InferenceSession(str(minilm_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    prepared = embedder.preparer.prepare(parity_texts[:48], EmbedOptions())
+    ids, mask = pad_batch(prepared.ids, embedder.preparer.pad_id)
+    (unbound,) = plain.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})
+    np.testing.assert_allclose(embedder.session.run(ids, mask), unbound, rtol=0, atol=1e-6)
+
+
+def test_warm_up_runs_every_length_bucket_within_the_budget_and_changes_nothing(
+    minilm_dir, parity_texts
+):
+    warm = Embedder.load(minilm_dir, threads=2, max_batch_tokens=2048)
+    before = warm.embed(parity_texts[:40]).vectors
+    shapes = warm.warm_up()
+    assert [length for _, length in shapes] == [16, 32, 64, 128, 256]  # max_seq_length 256
+    assert all(rows * length <= 2048 for rows, length in shapes)
+    np.testing.assert_array_equal(warm.embed(parity_texts[:40]).vectors, before)
+
+
+def test_each_call_reports_its_time_on_the_device(embedder, parity_texts):
+    assert embedder.embed(parity_texts[:40]).device_s > 0
+    assert embedder.embed([None, ""]).device_s == 0  # nothing to run
