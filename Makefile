@@ -9,7 +9,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench: bench-embedder bench-pipeline ## run every benchmark
 
 bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
 	$(PY) bench/embedder.py --out bench/results/embedder.json
+
+bench-gpu: setup ## on a GPU machine: gte-large's shape in fp16, sentence-transformers vs bare CUDA session vs embedpipe run -> bench/results/gpu.json
+	$(PY) bench/gpu.py --out bench/results/gpu.json
 
 bench-pipeline: setup ## bare embedder vs embedpipe run, and 10k/100k/1M-row scaling -> bench/results/pipeline.json
 	$(PY) bench/pipeline.py --out bench/results/pipeline.json

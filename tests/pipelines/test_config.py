@@ -18,6 +18,7 @@ def test_default_config_is_the_offline_quickstart():
 def test_gte_large_config_runs_on_cuda():
     config = load_config(CONF / "gte-large.yaml")
     assert config.model.source == "thenlper/gte-large" and config.workers.device == "cuda"
+    assert config.model.dtype == "fp16" and config.workers.num_actors == "auto"
 
 
 def write(tmp_path, text):
