@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
     _add_run(commands.add_parser("run", help="embed a corpus into Parquet with Ray actors"))
     _add_status(commands.add_parser("status", help="show the state of an output directory"))
+    _add_serve(commands.add_parser("serve", help="serve the feature-extraction API over HTTP"))
     demo = commands.add_parser("demo-corpus", help="write shards of stdlib docstrings to DIR")
     demo.add_argument("out", type=Path)
     demo.add_argument("--limit", type=int, default=6000, help="rows at most")
@@ -75,6 +76,12 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="job config (YAML)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(handler=_run)
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="job config (YAML): model, embedding and serve")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(handler=_serve)
 
 
 def _add_status(p: argparse.ArgumentParser) -> None:
@@ -298,6 +305,22 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     rows = build_demo_corpus(args.out, args.limit)
     print(f"wrote {rows:,} stdlib docstrings to {args.out} as Parquet, JSONL and CSV shards")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.cluster import connect
+    from pipelines.job import ensure_model
+    from pipelines.server import start
+
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    config = load_config(args.config, args.overrides)
+    model_dir = ensure_model(config)
+    config.serve.tokens()  # an unreadable token file fails here, not in every replica
+    connect()
+    serve = config.serve
+    print(f"serving {model_dir} at http://{serve.host}:{serve.port}/ (Ctrl-C stops)", flush=True)
+    start(config, model_dir, blocking=True)
     return 0
 
 

@@ -108,6 +108,34 @@ class RunConfig(_Section):
     stop_grace_s: float = Field(default=10, ge=0)  # SIGINT/SIGTERM: time to finish running tasks
 
 
+class ServeConfig(_Section):
+    """`embedpipe serve`: the HTTP endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_tokens: list[str] | Path = Field(default_factory=list)  # tokens, or a file of them
+    max_inputs: int = Field(default=1024, ge=1)  # texts in one request
+    max_body_bytes: int = Field(default=10_000_000, ge=1)
+    max_batch_tokens: int = Field(default=16384, ge=1)  # padded tokens per model batch
+    max_batch_requests: int = Field(default=64, ge=1)  # requests Ray Serve gathers per batch
+    batch_wait_s: float = Field(default=0.005, ge=0)  # how long a batch waits for more
+    replicas: int = Field(default=1, ge=1)
+    cache_entries: int = Field(default=100_000, ge=0)  # x-use-cache LRU size; 0 turns it off
+    wait_timeout_s: float = Field(default=600, gt=0)  # x-wait-for-model: true waits this long
+
+    def tokens(self) -> frozenset[str]:
+        """The accepted bearer tokens; empty: no authentication."""
+        if isinstance(self.api_tokens, Path):
+            try:
+                lines = self.api_tokens.read_text().splitlines()
+            except OSError as err:
+                raise ConfigError(
+                    f"serve.api_tokens: cannot read {self.api_tokens}: {err}"
+                ) from err
+            return frozenset(t.strip() for t in lines if t.strip() and not t.startswith("#"))
+        return frozenset(self.api_tokens)
+
+
 class Config(_Section):
     model: ModelConfig
     input: InputConfig
@@ -115,6 +143,7 @@ class Config(_Section):
     embedding: EmbeddingConfig = EmbeddingConfig()
     workers: WorkersConfig = WorkersConfig()
     run: RunConfig = RunConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _partitions_are_kept_columns(self) -> Config:

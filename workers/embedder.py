@@ -40,6 +40,15 @@ class Embeddings:
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
 
+    def rows(self, start: int, stop: int) -> Embeddings:
+        """The texts start..stop of this result (the device time stays with the whole)."""
+        return Embeddings(
+            self.vectors[start:stop],
+            self.n_tokens[start:stop],
+            self.truncated[start:stop],
+            self.errors[start:stop],
+        )
+
 
 class Embedder:
     def __init__(

@@ -1,0 +1,103 @@
+"""The feature-extraction request contract, as plain functions (no HTTP, no Ray).
+
+A request body is `{"inputs": str | [str], "normalize": bool, "prompt_name": str, "truncate":
+bool, "truncation_direction": "Left" | "Right"}` with the options at the top level, as the Hugging
+Face task spec and huggingface_hub send them. Everything a client can get wrong becomes an
+ApiError with the HTTP status it earns (400 malformed, 413 too large, 422 not embeddable), so the
+server maps errors to answers in one place and no input can raise anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import re
+from dataclasses import dataclass
+
+from workers import EmbedOptions, OptionError
+
+OPTIONS = ("normalize", "prompt_name", "truncate", "truncation_direction")
+# The second path huggingface_hub and the Inference API use: /models/<name>/pipeline/<task>
+MODEL_PATH = re.compile(r"^/models/[^/]+(/[^/]+)*/pipeline/feature-extraction/?$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra  # more fields of the JSON answer, e.g. estimated_time with a 503
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message, **self.extra}
+
+
+@dataclass(frozen=True)
+class Query:
+    texts: tuple[str, ...]
+    options: EmbedOptions
+
+
+def is_api_path(path: str) -> bool:
+    return path in ("", "/") or MODEL_PATH.match(path) is not None
+
+
+def parse_body(body: bytes, max_inputs: int, defaults: EmbedOptions) -> Query:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, f"the body is not valid JSON: {err}") from err
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise ApiError(400, 'the body must be a JSON object with "inputs" (a string or a list)')
+    if unknown := sorted(set(payload) - {"inputs", *OPTIONS}):
+        raise ApiError(
+            400, f"unknown field(s) {', '.join(unknown)}; allowed: inputs, {', '.join(OPTIONS)}"
+        )
+    texts = _texts(payload["inputs"], max_inputs)
+    return Query(texts, _options(payload, defaults))
+
+
+def _texts(inputs: object, max_inputs: int) -> tuple[str, ...]:
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list) or not texts:
+        raise ApiError(400, '"inputs" must be a string or a non-empty list of strings')
+    if len(texts) > max_inputs:
+        raise ApiError(413, f"{len(texts)} inputs in one request; at most {max_inputs}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ApiError(400, f"inputs[{i}] is {type(text).__name__}, not a string")
+        if not text.strip():
+            raise ApiError(400, f"inputs[{i}] is empty or only whitespace")
+    return tuple(texts)
+
+
+def _options(payload: dict[str, object], defaults: EmbedOptions) -> EmbedOptions:
+    """The request's options over the server's defaults; EmbedOptions checks the values."""
+    given = {k: payload[k] for k in OPTIONS if payload.get(k) is not None}
+    try:
+        return dataclasses.replace(defaults, **given)  # type: ignore[arg-type]
+    except OptionError as err:
+        raise ApiError(400, str(err)) from err
+
+
+def bearer_ok(header: str | None, tokens: frozenset[str]) -> bool:
+    """True when no tokens are configured, or the header carries one of them."""
+    if not tokens:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    # compare_digest over every token: the time taken does not tell how close a guess was
+    found = [hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens]
+    return scheme.lower() == "bearer" and any(found)
+
+
+def flag(header: str | None, default: bool) -> bool:
+    """An x-use-cache / x-wait-for-model header: true/false, 1/0, yes/no (any case)."""
+    if header is None or not header.strip():
+        return default
+    value = header.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ApiError(400, f"header value {header!r} must be true or false")

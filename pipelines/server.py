@@ -1,0 +1,150 @@
+"""`embedpipe serve`: the endpoint (endpoint.py) as a Ray Serve deployment.
+
+Ray Serve gathers concurrent requests' model calls (`serve.batch`, up to max_batch_requests
+calls, waiting batch_wait_s for more); the embedder then cuts the gathered texts into batches
+under the same padded-token budget as the batch pipeline, so one busy replica runs few, full
+batches instead of many small ones. Inference runs in a worker thread, so the replica keeps
+taking requests (and answering 503s and health checks) while the model works.
+
+Metrics go through Ray's metrics (Prometheus on each node): embedpipe_requests (by status),
+embedpipe_request_seconds and embedpipe_batch_requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import metrics
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from pipelines.api import ApiError
+from pipelines.config import Config, ServeConfig
+from pipelines.endpoint import Endpoint, ModelLoader
+from workers import EmbedOptions
+from workers.model_dir import MODEL_FILE, read_card
+
+log = logging.getLogger(__name__)
+
+# A rough load-time guess for the 503's estimated_time: reading and initialising ~1 GB/s, plus
+# the session's start; only a hint for the client's retry.
+LOAD_S_PER_GB, LOAD_BASE_S = 1.0, 3.0
+
+
+@serve.deployment(max_ongoing_requests=512)
+class FeatureExtraction:
+    def __init__(
+        self,
+        model_dir: str,
+        settings: dict[str, Any],
+        defaults: dict[str, Any],
+        runtime: dict[str, Any],
+    ) -> None:
+        from workers import Embedder
+
+        self.settings = ServeConfig(**settings)
+        card = read_card(model_dir)
+        gigabytes = (Path(model_dir) / MODEL_FILE).stat().st_size / 1e9
+        loader = ModelLoader(
+            lambda: Embedder.load(
+                model_dir, max_batch_tokens=self.settings.max_batch_tokens, **runtime
+            ),
+            LOAD_BASE_S + LOAD_S_PER_GB * gigabytes,
+        )
+        self.endpoint = Endpoint(
+            self.settings, EmbedOptions(**defaults), loader, self._embed, card.onnx_sha256
+        )
+        batched: Any = self._batched  # serve.batch's wrapper carries the setters
+        batched.set_max_batch_size(self.settings.max_batch_requests)
+        batched.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+        self.requests = metrics.Counter("embedpipe_requests", tag_keys=("status",))
+        self.latency = metrics.Histogram(
+            "embedpipe_request_seconds",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+        )
+        self.batch_sizes = metrics.Histogram(
+            "embedpipe_batch_requests", boundaries=[1, 2, 4, 8, 16, 32, 64, 128]
+        )
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        clock = time.perf_counter()
+        answer = await self.endpoint.handle(
+            request.method,
+            request.url.path,
+            request.headers,
+            lambda: read_body(request, self.settings.max_body_bytes),
+        )
+        self.requests.inc(tags={"status": str(answer.status)})
+        self.latency.observe(time.perf_counter() - clock)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+    async def _embed(self, texts: tuple[str, ...], options: EmbedOptions) -> Any:
+        return await self._batched((texts, options))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _batched(self, calls: list[tuple[tuple[str, ...], EmbedOptions]]) -> list[Any]:
+        """One model call per distinct options among the gathered calls; results split back."""
+        stats = self.endpoint.stats
+        stats["batches"] += 1
+        stats["largest_batch_requests"] = max(stats["largest_batch_requests"], len(calls))
+        self.batch_sizes.observe(len(calls))
+        embedder = self.endpoint.loader.embedder
+        assert embedder is not None  # the endpoint asks only once the model is loaded
+        results: list[Any] = [None] * len(calls)
+        groups: dict[EmbedOptions, list[int]] = {}
+        for i, (_, options) in enumerate(calls):
+            groups.setdefault(options, []).append(i)
+        for options, members in groups.items():
+            texts = [t for i in members for t in calls[i][0]]
+            got = await asyncio.to_thread(embedder.embed, texts, options)
+            start = 0
+            for i in members:
+                stop = start + len(calls[i][0])
+                results[i] = got.rows(start, stop)
+                start = stop
+        return results
+
+    def check_health(self) -> None:
+        """Ray Serve restarts a replica whose model failed to load."""
+        if self.endpoint.loader.error is not None:
+            raise RuntimeError(f"the model failed to load: {self.endpoint.loader.error}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the body has {declared} bytes; at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body has more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def application(config: Config, model_dir: Path) -> Any:
+    """The bound deployment for this config: replicas, resources, model and defaults."""
+    workers, settings = config.workers, config.serve
+    cuda = workers.device == "cuda"
+    return FeatureExtraction.options(  # type: ignore[attr-defined]  # serve.deployment wraps it
+        num_replicas=settings.replicas,
+        ray_actor_options={"num_cpus": workers.cpus_per_actor, "num_gpus": 1 if cuda else 0},
+    ).bind(
+        str(model_dir),
+        settings.model_dump(mode="json"),
+        dataclasses.asdict(config.embedding.options()),
+        {"device": workers.device, "threads": workers.cpus_per_actor},
+    )
+
+
+def start(config: Config, model_dir: Path, blocking: bool = True) -> None:
+    """Starts Ray Serve on serve.host:serve.port with the endpoint at '/'."""
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.run(application(config, model_dir), name="embedpipe", route_prefix="/", blocking=blocking)
