@@ -1,0 +1,165 @@
+"""`embedpipe serve` on a local Ray Serve: huggingface_hub's client, raw HTTP, and load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from export.parity import cosines
+from pipelines.config import load_config
+from workers import Embedder, EmbedOptions
+
+TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def post(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], object]:
+    headers = {"content-type": "application/json", **headers}
+    request = urllib.request.Request(url, body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, dict(answer.headers), json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def get_json(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, minilm_dir):
+    import ray
+    from ray import serve
+
+    from pipelines.server import start
+
+    root = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    conf = root / "serve.yaml"
+    conf.write_text(
+        f"model: {{source: {minilm_dir}}}\n"
+        f"input: {{path: {root / 'in'}}}\n"
+        f"output: {{path: {root / 'out'}}}\n"
+        "workers: {device: cpu, cpus_per_actor: 2}\n"
+        f"serve: {{port: {port}, api_tokens: [{TOKEN}], max_inputs: 16, "
+        "max_body_bytes: 100000, max_batch_requests: 64, batch_wait_s: 0.01}\n"
+    )
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        start(load_config(conf), minilm_dir, blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while get_json(f"{url}/health")[0] != 200:
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_dir):
+    embedder = Embedder.load(minilm_dir)
+    return lambda texts, **options: embedder.embed(texts, EmbedOptions(**options)).vectors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"normalize": False}, {"truncate": True, "truncation_direction": "Left"}],
+    ids=["defaults", "normalize-false", "truncate-left"],
+)
+def test_huggingface_hub_client_gets_the_pipelines_vectors(
+    server, reference, parity_texts, options
+):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=server, token=TOKEN)
+    text = max(parity_texts, key=len)  # long enough that the direction matters
+    single = client.feature_extraction(text, **options)
+    several = client.feature_extraction([text, "a short one"], **options)  # type: ignore[arg-type]
+    direct = {k.lower() if isinstance(k, str) else k: v for k, v in options.items()}
+    direct = {k: v.lower() if isinstance(v, str) else v for k, v in direct.items()}
+    expected = reference([text, "a short one"], **direct)
+    assert single.shape == (1, 384) and several.shape == (2, 384)
+    assert cosines(single, expected[:1]).min() >= 0.99999
+    assert cosines(several, expected).min() >= 0.99999
+    np.testing.assert_allclose(
+        np.linalg.norm(several, axis=1), np.linalg.norm(expected, axis=1), rtol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_raw_http_errors_routes_and_the_cache_header(server):
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    body = json.dumps({"inputs": ["cached text"]}).encode()
+    path = "/models/thenlper/gte-large/pipeline/feature-extraction"
+    first = post(server + path, body, **auth)
+    second = post(server + "/", body, **auth)
+    assert (first[0], second[0]) == (200, 200) and first[2] == second[2]
+    assert (first[1]["x-cache"], second[1]["x-cache"]) == ("miss", "hit")
+    cases = [
+        (b'{"inputs": 5}', auth, 400, "must be a string"),
+        (body, {}, 401, "Bearer"),
+        (json.dumps({"inputs": ["x"] * 17}).encode(), auth, 413, "at most 16"),
+        (json.dumps({"inputs": "y" * 200_000}).encode(), auth, 413, "at most 100000"),
+        (json.dumps({"inputs": "word " * 300, "truncate": False}).encode(), auth, 422, "tokens"),
+        (json.dumps({"inputs": "x", "prompt_name": "query"}).encode(), auth, 422, "prompts"),
+    ]
+    for payload, headers, status, message in cases:
+        code, _, answer = post(server + "/", payload, **headers)
+        assert code == status and message in answer["error"], (status, answer)
+    assert get_json(server + "/health") == (200, get_json(server + "/health")[1])
+
+
+@pytest.mark.slow
+def test_200_clients_5000_requests_all_correct_and_batched(server, reference, parity_texts):
+    import aiohttp
+
+    texts = [t for t in parity_texts if t.strip()]
+    expected = dict(zip(texts, reference(texts), strict=True))
+    jobs = asyncio.Queue()
+    for i in range(5000):
+        jobs.put_nowait((texts[(i * 7) % len(texts)], i % 2 == 0))
+    failures: list[str] = []
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while not jobs.empty():
+            text, fresh = jobs.get_nowait()
+            headers = {"authorization": f"Bearer {TOKEN}", "x-use-cache": str(not fresh)}
+            async with session.post(server, json={"inputs": text}, headers=headers) as answer:
+                if answer.status != 200:
+                    failures.append(f"{answer.status}: {await answer.text()}")
+                    continue
+                got = np.array(await answer.json(), dtype=np.float32)
+            if cosines(got, expected[text][None]).min() < 0.99999:
+                failures.append(f"wrong vector for {text[:40]!r}")
+
+    async def load() -> None:
+        limits = aiohttp.TCPConnector(limit=200)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=limits, timeout=timeout) as session:
+            await asyncio.gather(*(client(session) for _ in range(200)))
+
+    asyncio.run(load())
+    assert failures == [], failures[:5]
+    _, health = get_json(server + "/health")
+    assert health["largest_batch_requests"] > 1 and health["requests"] >= 5000
