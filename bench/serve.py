@@ -68,7 +68,8 @@ def start_server(model_dir: Path, args: argparse.Namespace) -> str:
         f"model: {{source: {model_dir}}}\n"
         f"input: {{path: {args.work}}}\noutput: {{path: {args.work / 'out'}}}\n"
         f"workers: {{device: cpu, cpus_per_actor: {args.threads}}}\n"
-        f"serve: {{port: {port}, max_batch_requests: 128, batch_wait_s: 0.005}}\n"
+        f"serve: {{port: {port}, max_batch_requests: 128, batch_wait_s: 0.005, "
+        "max_batch_tokens: 2048}\n"
     )
     ray.init(include_dashboard=False, log_to_driver=False)
     start(load_config(conf), model_dir, blocking=False)

@@ -140,7 +140,7 @@ def application(config: Config, model_dir: Path) -> Any:
         str(model_dir),
         settings.model_dump(mode="json"),
         dataclasses.asdict(config.embedding.options()),
-        {"device": workers.device, "threads": workers.cpus_per_actor},
+        {"device": workers.device, "threads": workers.cpus_per_actor, "spin": False},
     )
 
 

@@ -77,13 +77,18 @@ class Embedder:
         threads: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         verify_checksum: bool = True,
+        spin: bool = True,
     ) -> Embedder:
         root = Path(model_dir)
         card = read_card(root)
         check_files(root, card, verify_checksum)
         preparer = TextPreparer.from_file(root / TOKENIZER_FILE, card)
         session = OnnxSession(
-            root / MODEL_FILE, device=device, threads=threads, exact_fp32=card.dtype == "fp32"
+            root / MODEL_FILE,
+            device=device,
+            threads=threads,
+            exact_fp32=card.dtype == "fp32",
+            spin=spin,
         )
         embedder = cls(card, preparer, session, max_batch_tokens)
         if session.device == "cuda":

@@ -87,6 +87,7 @@ class OnnxSession:
         threads: int | None = None,
         device_id: int = 0,
         exact_fp32: bool = True,
+        spin: bool = True,
     ) -> None:
         device = resolve_device(device)
         options = ort.SessionOptions()
@@ -98,6 +99,11 @@ class OnnxSession:
                 raise ValueError(f"threads must be at least 1, got {threads}")
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            # onnxruntime's pool threads busy-wait between runs by default: right for a batch
+            # job that feeds them back to back, wrong for a server whose HTTP proxy and event
+            # loop need those cores between requests.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device
         self._device_id = device_id
         self._session = ort.InferenceSession(
