@@ -320,7 +320,14 @@ def _serve(args: argparse.Namespace) -> int:
     connect()
     serve = config.serve
     print(f"serving {model_dir} at http://{serve.host}:{serve.port}/ (Ctrl-C stops)", flush=True)
-    start(config, model_dir, blocking=True)
+    try:
+        start(config, model_dir, blocking=True)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
+        print("stopped", flush=True)
+        return 130
     return 0
 
 

@@ -76,7 +76,7 @@ class FeatureExtraction:
         clock = time.perf_counter()
         answer = await self.endpoint.handle(
             request.method,
-            request.url.path,
+            route_path(request),
             request.headers,
             lambda: read_body(request, self.settings.max_body_bytes),
         )
@@ -114,6 +114,14 @@ class FeatureExtraction:
         """Ray Serve restarts a replica whose model failed to load."""
         if self.endpoint.loader.error is not None:
             raise RuntimeError(f"the model failed to load: {self.endpoint.loader.error}")
+
+
+def route_path(request: Request) -> str:
+    """The path below the application's route prefix, so routes hold wherever it is mounted."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,58 @@ def test_raw_http_errors_routes_and_the_cache_header(server):
     assert code == 200 and health["status"] == "ready"
 
 
+def gated_deployment():
+    """The server, with its model load held until a file appears: loading made observable."""
+    from pipelines.endpoint import ModelLoader
+    from pipelines.server import FeatureExtraction
+
+    class GatedLoad(FeatureExtraction.func_or_class):  # type: ignore[name-defined,misc]
+        def __init__(self, model_dir, settings, defaults, runtime, gate):
+            super().__init__(model_dir, settings, defaults, runtime)
+
+            def load():
+                while not Path(gate).exists():
+                    time.sleep(0.05)
+                return Embedder.load(model_dir, **runtime)
+
+            self.endpoint.loader = ModelLoader(load, estimate_s=30)
+
+    return GatedLoad
+
+
+@pytest.mark.slow
+def test_503_while_the_model_loads_unless_the_client_waits(server, minilm_dir, tmp_path):
+    import threading
+
+    from ray import serve
+
+    gate = tmp_path / "load-now"
+    settings = {"api_tokens": [TOKEN]}
+    runtime = {"device": "cpu", "threads": 1}
+    app = serve.deployment(gated_deployment()).bind(
+        str(minilm_dir), settings, {}, runtime, str(gate)
+    )
+    serve.run(app, name="gated", route_prefix="/gated")
+    url, auth = f"{server}/gated", {"authorization": f"Bearer {TOKEN}"}
+    body = json.dumps({"inputs": "x"}).encode()
+    code, _, answer = post(url + "/", body, **auth)
+    assert code == 503 and answer["estimated_time"] > 0 and "x-wait-for-model" in answer["error"]
+    assert get_json(url + "/health")[0] == 503
+    waited: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: waited.append(
+            post(url + "/", body, **auth, **{"x-wait-for-model": "true"})[0]
+        )
+    )
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive(), "the client that asked to wait was answered before the model loaded"
+    gate.touch()
+    waiter.join(timeout=60)
+    assert waited == [200]
+    serve.delete("gated")
+
+
 @pytest.mark.slow
 def test_200_clients_5000_requests_all_correct_and_batched(server, reference, parity_texts):
     import aiohttp
@@ -164,3 +217,19 @@ def test_200_clients_5000_requests_all_correct_and_batched(server, reference, pa
     assert failures == [], failures[:5]
     _, health = get_json(server + "/health")
     assert health["largest_batch_requests"] > 1 and health["requests"] >= 5000
+
+
+@pytest.mark.slow
+def test_request_batch_and_latency_metrics_reach_rays_metrics(server):
+    import ray
+
+    post(server + "/", json.dumps({"inputs": "metrics"}).encode(), authorization=f"Bearer {TOKEN}")
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = ("embedpipe_requests", "embedpipe_request_seconds", "embedpipe_batch_requests")
+    deadline, exported = time.monotonic() + 90, ""
+    while not all(name in exported for name in wanted):
+        assert time.monotonic() < deadline, f"not exported: {wanted}"
+        time.sleep(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            exported = answer.read().decode()
+    assert 'status="200"' in exported

@@ -1,0 +1,58 @@
+"""`embedpipe serve CONF key=value` as a user starts it: a process that serves until Ctrl-C.
+
+Its own module: the command starts its own Ray, which must not share the machine's two cores with
+the Ray Serve of test_serve.py's module fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.pipelines.test_serve import free_port, get_json, post
+
+
+@pytest.mark.slow
+def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# one token a line\nfile-token\n\n")
+    conf = tmp_path / "serve.yaml"
+    conf.write_text(
+        f"model: {{source: {minilm_dir}}}\n"
+        f"input: {{path: {tmp_path}}}\noutput: {{path: {tmp_path / 'out'}}}\n"
+        "workers: {device: cpu, cpus_per_actor: 1}\n"
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "pipelines.cli", "serve", str(conf)]
+    overrides = [f"serve.port={port}", f"serve.api_tokens={tokens}"]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([*command, *overrides], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+        while True:
+            try:
+                if get_json(url + "/health")[0] == 200:
+                    break
+            except (OSError, ValueError):
+                pass  # not listening yet, or the proxy's plain-text answer before the app is up
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "embedpipe serve never became ready"
+            time.sleep(0.5)
+        body = json.dumps({"inputs": ["served"]}).encode()
+        assert post(url, body)[0] == 401
+        code, _, vectors = post(url, body, authorization="Bearer file-token")
+        assert code == 200 and len(vectors) == 1 and len(vectors[0]) == 384
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert "serving" in (tmp_path / "serve.log").read_text()
