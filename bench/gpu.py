@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from common import CORPUS, ROOT, exported, load_texts, write_result
+from common import CORPUS, ROOT, TINY, exported, load_texts, write_result
 
 from export.stand_in import GTE_LARGE, GTE_LARGE_MAX_SEQ_LENGTH, build_bert_stand_in
 from workers import Embedder, EmbedOptions
 
-TINY = {**GTE_LARGE, "num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2}
-TINY["intermediate_size"] = 256
 TARGET_TOKENS = 256
 
 

@@ -30,20 +30,12 @@ import time
 from pathlib import Path
 
 import polars as pl
-from common import CORPUS, MINILM, ROOT, exported, load_texts, write_result
+from common import CORPUS, MINILM, ROOT, TINY, exported, load_texts, write_result
 
 from export.stand_in import build_bert_stand_in
 from workers import Embedder
 
 TASK_ROWS = 1000
-TINY = {
-    "num_hidden_layers": 2,
-    "hidden_size": 128,
-    "num_attention_heads": 2,
-    "intermediate_size": 256,
-    "max_position_embeddings": 512,
-    "vocab_size": 30522,
-}
 
 
 def main() -> None:

@@ -37,9 +37,10 @@ class VectorCache:
             return
         frozen = np.array(vector, dtype=np.float32, copy=True)
         frozen.flags.writeable = False
+        key = (self.fingerprint, options, text)
         with self._lock:
-            self._entries[(self.fingerprint, options, text)] = frozen
-            self._entries.move_to_end((self.fingerprint, options, text))
+            self._entries[key] = frozen
+            self._entries.move_to_end(key)  # a replaced entry is recent too
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 

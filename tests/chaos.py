@@ -209,15 +209,15 @@ def choose_victim(
     return "actor", rng.choice(actors)
 
 
+def output_files(out: Path) -> list[str]:
+    """The part and reject files under out (the run state's timings differ by nature)."""
+    return sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*.parquet") if "_state" not in p.parts
+    )
+
+
 def compare(clean: Path, chaotic: Path, corpus_rows: int, report: ChaosReport) -> None:
-    names = sorted(
-        p.relative_to(clean).as_posix() for p in clean.rglob("*.parquet") if "_state" not in p.parts
-    )
-    theirs = sorted(
-        p.relative_to(chaotic).as_posix()
-        for p in chaotic.rglob("*.parquet")
-        if "_state" not in p.parts
-    )
+    names, theirs = output_files(clean), output_files(chaotic)
     report.files_compared = len(names)
     report.files_differing = sorted(set(names) ^ set(theirs)) + [
         n for n in names if n in theirs and not filecmp.cmp(clean / n, chaotic / n, shallow=False)

@@ -44,6 +44,20 @@ def get_json(url: str) -> tuple[int, object]:
         return err.code, json.loads(err.read())
 
 
+def wait_healthy(url: str, timeout_s: float = 180, alive=lambda: True) -> None:
+    """Polls /health until the server is ready; `alive` says the serving process still runs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if get_json(url + "/health")[0] == 200:
+                return
+        except (OSError, ValueError):
+            pass  # not listening yet, or the proxy's plain-text answer before the app is up
+        assert alive(), "the server process ended"
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, minilm_dir):
     import ray
@@ -66,10 +80,7 @@ def server(tmp_path_factory, minilm_dir):
     try:
         start(load_config(conf), minilm_dir, blocking=False)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while get_json(f"{url}/health")[0] != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.5)
+        wait_healthy(url)
         yield url
     finally:
         serve.shutdown()

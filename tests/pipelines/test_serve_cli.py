@@ -11,11 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.pipelines.test_serve import free_port, get_json, post
+from tests.pipelines.test_serve import free_port, post, wait_healthy
 
 
 @pytest.mark.slow
@@ -35,16 +34,8 @@ def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([*command, *overrides], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
-        while True:
-            try:
-                if get_json(url + "/health")[0] == 200:
-                    break
-            except (OSError, ValueError):
-                pass  # not listening yet, or the proxy's plain-text answer before the app is up
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "embedpipe serve never became ready"
-            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, alive=lambda: proc.poll() is None)
         body = json.dumps({"inputs": ["served"]}).encode()
         assert post(url, body)[0] == 401
         code, _, vectors = post(url, body, authorization="Bearer file-token")
