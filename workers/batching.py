@@ -1,8 +1,12 @@
 """Batching: length-sorted batches under a padded-token budget, as plain numpy.
 
-A batch costs `longest_in_batch * rows` tokens of compute and memory once padded, so texts are
-sorted by length and cut greedily where that product would pass `max_batch_tokens`. Longest texts
-come first: a budget too large for the device fails on the first batch, not after an hour.
+A batch costs `width * rows` tokens of compute and memory once padded, so texts are sorted by
+length and cut greedily where that product would pass `max_batch_tokens`. Longest texts come
+first: a budget too large for the device fails on the first batch, not after an hour.
+
+Batches are shaped so that a text's vector does not depend on its batch mates, which is what
+lets a vector copied from an earlier run equal, byte for byte, the one a recompute gives (on the
+CPU provider; see `PAD_MULTIPLE` and `MIN_ROWS`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+# onnxruntime's CPU kernels sum a text's last few positions in a different order when the batch
+# ends exactly at its last token than when at least a few padded positions follow; padding every
+# batch to a multiple of 4 tokens made each text's vector the same at every width we tried (300
+# stdlib texts, widths up to 512; tests/workers/test_batching.py keeps checking it).
+PAD_MULTIPLE = 4
+# A batch of one row takes another reduction path (ReduceSum over a (1, S, H) tensor is summed
+# as (S, H)), so a lone row is run beside a copy of itself: two rows or more all agree.
+MIN_ROWS = 2
+
+
+def padded_width(longest: int, multiple: int = PAD_MULTIPLE) -> int:
+    return max(multiple, -(-max(longest, 1) // multiple) * multiple)
 
 
 def plan_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
@@ -20,19 +37,25 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]
     batches: list[np.ndarray] = []
     start = 0
     while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        rows = max(1, max_batch_tokens // longest)
+        rows = max(1, max_batch_tokens // padded_width(int(lengths[order[start]])))
         batches.append(order[start : start + rows])
         start += rows
     return batches
 
 
-def pad_batch(ids: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads token id arrays into (input_ids, attention_mask), both int64."""
-    width = max(len(row) for row in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for r, row in enumerate(ids):
+def pad_batch(
+    ids: Sequence[np.ndarray],
+    pad_id: int,
+    multiple: int = PAD_MULTIPLE,
+    min_rows: int = MIN_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads token id arrays into (input_ids, attention_mask), both int64, `multiple` wide;
+    a batch under `min_rows` gets copies of its first row after its own (drop their outputs)."""
+    width = padded_width(max(len(row) for row in ids), multiple)
+    rows = [*ids, *[ids[0]] * (min_rows - len(ids))]
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
         input_ids[r, : len(row)] = row
         mask[r, : len(row)] = 1
     return input_ids, mask

@@ -3,9 +3,11 @@
 `Embedder.load(dir).embed(texts, options)` gives float32 vectors in input order with, per text,
 the tokens embedded, whether it was truncated, and for a text that could not be embedded the
 reason (its vector row is NaN, so it cannot be used by mistake). Batches are cut by a padded-
-token budget over length-sorted texts, so the result does not depend on the budget or the order
-of the input beyond float rounding. `embed` may be called from several threads: only the
-session run is serialized, so one call's tokenizing overlaps another's inference.
+token budget over length-sorted texts and shaped so that, on the CPU provider, a text's vector
+does not depend on the budget, its batch mates or the order of the input, to the last bit (on
+CUDA, to float rounding: the GPU's kernels are chosen by batch shape). `embed` may be called
+from several threads: only the session run is serialized, so one call's tokenizing overlaps
+another's inference.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.batching import pad_batch, plan_batches
+from workers.batching import MIN_ROWS, pad_batch, plan_batches
 from workers.finish import l2_normalize
 from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, ModelCard, check_files, read_card
 from workers.options import EmbedOptions
@@ -57,6 +59,7 @@ class Embedder:
         preparer: TextPreparer,
         session: OnnxSession,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        batch_invariant: bool = True,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
@@ -64,6 +67,9 @@ class Embedder:
         self.preparer = preparer
         self.session = session
         self.max_batch_tokens = max_batch_tokens
+        # A text's vector independent of its batch mates (see batching.py), at the price of
+        # running a lone text twice; a server answering one text at a time may waive it.
+        self._min_rows = MIN_ROWS if batch_invariant else 1
         # One batch on the device at a time: callers on other threads tokenize, pad and write
         # meanwhile, without two inferences fighting over the same cores or GPU.
         self._device = threading.Lock()
@@ -78,6 +84,7 @@ class Embedder:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         verify_checksum: bool = True,
         spin: bool = True,
+        batch_invariant: bool = True,
     ) -> Embedder:
         root = Path(model_dir)
         card = read_card(root)
@@ -90,7 +97,7 @@ class Embedder:
             exact_fp32=card.dtype == "fp32",
             spin=spin,
         )
-        embedder = cls(card, preparer, session, max_batch_tokens)
+        embedder = cls(card, preparer, session, max_batch_tokens, batch_invariant)
         if session.device == "cuda":
             embedder.warm_up()
         return embedder
@@ -132,9 +139,11 @@ class Embedder:
         lengths = np.array([len(prepared.ids[i]) for i in live])
         for batch in plan_batches(lengths, self.max_batch_tokens):
             rows = live[batch]
-            input_ids, mask = pad_batch([prepared.ids[i] for i in rows], self.preparer.pad_id)
+            input_ids, mask = pad_batch(
+                [prepared.ids[i] for i in rows], self.preparer.pad_id, min_rows=self._min_rows
+            )
             with self._device:
                 clock = time.perf_counter()
-                vectors[rows] = self.session.run(input_ids, mask)
+                vectors[rows] = self.session.run(input_ids, mask)[: len(rows)]
                 busy += time.perf_counter() - clock
         return vectors, busy

@@ -36,8 +36,21 @@ def test_extreme_budgets():
         plan_batches(LENGTHS, 0)
 
 
-def test_pad_batch_right_pads_and_masks():
+def test_pad_batch_right_pads_to_a_multiple_of_four_and_masks():
     ids, mask = pad_batch([np.array([101, 7, 102]), np.array([101, 102])], pad_id=0)
     assert ids.dtype == np.int64 and mask.dtype == np.int64
-    assert ids.tolist() == [[101, 7, 102], [101, 102, 0]]
-    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert ids.tolist() == [[101, 7, 102, 0], [101, 102, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+
+
+def test_a_lone_row_is_run_beside_a_copy_of_itself():
+    ids, mask = pad_batch([np.array([101, 7, 8, 9, 102])], pad_id=0)
+    assert ids.tolist() == [[101, 7, 8, 9, 102, 0, 0, 0]] * 2
+    assert mask.tolist() == [[1, 1, 1, 1, 1, 0, 0, 0]] * 2
+    alone, _ = pad_batch([np.array([101, 102])], pad_id=0, multiple=1, min_rows=1)
+    assert alone.tolist() == [[101, 102]]
+
+
+def test_the_budget_counts_the_padded_width():
+    # 5 tokens pad to 8: a budget of 16 holds two such rows, not three
+    assert [len(b) for b in plan_batches(np.array([5, 5, 5]), 16)] == [2, 1]

@@ -144,3 +144,17 @@ def test_warm_up_runs_every_length_bucket_within_the_budget_and_changes_nothing(
 def test_each_call_reports_its_time_on_the_device(embedder, parity_texts):
     assert embedder.embed(parity_texts[:40]).device_s > 0
     assert embedder.embed([None, ""]).device_s == 0  # nothing to run
+
+
+def test_a_texts_vector_does_not_depend_on_its_batch_mates_to_the_last_bit(
+    minilm_dir, parity_texts
+):
+    # What lets a re-index copy last week's vectors and still equal a full recompute.
+    texts = parity_texts[:200]
+    whole = Embedder.load(minilm_dir, threads=2, max_batch_tokens=4096).embed(texts).vectors
+    other = Embedder.load(minilm_dir, threads=1, max_batch_tokens=700)
+    picked = np.random.default_rng(7).choice(len(texts), 30, replace=False)
+    subset = other.embed([texts[i] for i in picked]).vectors
+    alone = [other.embed([texts[i]]).vectors[0] for i in picked[:10]]
+    assert subset.tobytes() == whole[picked].tobytes()
+    assert np.stack(alone).tobytes() == whole[picked[:10]].tobytes()
