@@ -283,7 +283,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(
         f"{report['tasks_done']}/{report['tasks_total']} tasks done, "
         f"{report['tasks_failed']} failed; {report['rows_embedded']:,} rows embedded, "
-        f"{report['rows_rejected']:,} rejected, {report['tokens']:,} tokens "
+        f"{report['rows_from_cache']:,} from cache, {report['rows_deduplicated']:,} "
+        f"deduplicated, {report['rows_rejected']:,} rejected, {report['tokens']:,} tokens "
         f"in {report['seconds']:.1f} s (start-up {report['seconds_startup']:.1f} s)"
     )
     if report.get("device_idle_share") is not None:

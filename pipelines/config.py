@@ -106,6 +106,11 @@ class RunConfig(_Section):
     wait_for_model: bool = True
     wait_timeout_s: float = Field(default=600, gt=0)
     stop_grace_s: float = Field(default=10, ge=0)  # SIGINT/SIGTERM: time to finish running tasks
+    # The batch x-use-cache: copy the vectors of texts an earlier output (cache_from: output
+    # directories, part files or globs) already holds for the same model and options, and embed
+    # each distinct text of the run once. false embeds every row, as the API's header does.
+    use_cache: bool = True
+    cache_from: list[str] = Field(default_factory=list)
 
 
 class ServeConfig(_Section):

@@ -13,6 +13,8 @@
   error, so retrying would only delay the report.
 - Actors that do not come back (their node is gone and no other has room) are waited for at
   most `stall_s`; then the run stops with the resource they need, instead of hanging.
+- Under use_cache a task that copies texts from earlier tasks of the run (reuse.py) is held
+  back until those are settled; the queue goes on with the tasks that are ready meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -33,8 +36,9 @@ from pipelines.job import Job
 from pipelines.planning import Task
 from pipelines.progress import Progress
 from pipelines.readers import InputError
+from pipelines.reuse import Reuse
 from pipelines.state import RunState
-from pipelines.task import TaskResult, run_task
+from pipelines.task import TaskResult, TaskSpec, run_task
 from workers.actor import CONCURRENT_TASKS
 
 log = logging.getLogger(__name__)
@@ -52,9 +56,14 @@ class Driver:
         backoff_s: float = 1.0,
         stop: StopRequest | None = None,
         stall_s: float = 600.0,
+        reuse: dict[str, Reuse] | None = None,
     ) -> None:
         self.job, self.state, self.progress = job, state, progress
         self.repeats = repeats or {}
+        self.reuse = reuse or {}
+        # part files of the tasks done so far, by task: where later tasks copy vectors from
+        self.part_files = {k: _parts(v, state.out) for k, v in state.done().items()}
+        self.settled = set(self.part_files)
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.stop = stop or StopRequest()
         self.stall_s = stall_s
@@ -129,10 +138,22 @@ class Driver:
             )
 
     def submit(self) -> None:
-        while self.idle and self.queue:
-            actor, task = self.idle.pop(), self.queue.popleft()
-            spec = self.job.spec(task, self.repeats.get(task.task_id))
-            self.in_flight[actor.call.remote(run_task, spec)] = (actor, task)
+        while self.idle and (task := self.next_ready()) is not None:
+            actor = self.idle.pop()
+            self.in_flight[actor.call.remote(run_task, self.spec(task))] = (actor, task)
+
+    def next_ready(self) -> Task | None:
+        """The first queued task whose owners (reuse.py) are all settled, taken off the queue."""
+        for at, task in enumerate(self.queue):
+            if all(o in self.settled for o in self.reuse.get(task.task_id, Reuse()).owners):
+                del self.queue[at]
+                return task
+        return None
+
+    def spec(self, task: Task) -> TaskSpec:
+        reuse = self.reuse.get(task.task_id, Reuse())
+        run_files = tuple(f for o in reuse.owners for f in self.part_files.get(o, ()))
+        return self.job.spec(task, self.repeats.get(task.task_id), reuse.cache_files, run_files)
 
     def release_due_retries(self) -> None:
         now = time.monotonic()
@@ -163,9 +184,12 @@ class Driver:
             self.task_raised(task, err)
             return
         self.idle.append(actor)
-        self.state.mark_done(task.task_id, result.as_marker())
+        marker = result.as_marker()
+        self.state.mark_done(task.task_id, marker)
+        self.part_files[task.task_id] = _parts(marker, self.state.out)
+        self.settled.add(task.task_id)
         self.device_s += result.seconds.get("device", 0.0)
-        self.progress.task_done(result.rows, result.tokens)
+        self.progress.task_done(result)
 
     def actor_lost(self, actor: Any, task: Task, err: RayActorError) -> None:
         log.warning("actor died running %s; resubmitting it (%s)", task.task_id, err)
@@ -205,6 +229,7 @@ class Driver:
         heapq.heappush(self.retries, (time.monotonic() + delay, next(self._order), task))
 
     def fail(self, task: Task, err: Exception, reason: str) -> None:
+        self.settled.add(task.task_id)  # tasks waiting on it embed its texts themselves
         cause = getattr(err, "cause", None) or err
         self.state.mark_failed(
             task.task_id,
@@ -224,3 +249,8 @@ class Driver:
             self.attempts[task.task_id],
             reason,
         )
+
+
+def _parts(marker: dict[str, Any], out: Path) -> tuple[str, ...]:
+    """The part files a done marker names (not its rejects), as paths."""
+    return tuple(str(out / f["path"]) for f in marker["files"] if not f.get("rejects"))

@@ -1,4 +1,5 @@
-"""The id pass: every task's id digests, read by the actors, before any task is embedded.
+"""The id pass: every task's id digests (and under use_cache its text digests), read by the
+actors, before any task is embedded.
 
 Embedding must not start while a task's digests are missing: its repeats would go unseen, and
 which occurrence of an id is kept would then depend on timing. So an actor death here only
@@ -21,6 +22,7 @@ from pipelines.cluster import ClusterError
 from pipelines.ids import IdDigest, digest_on_actor
 from pipelines.interrupt import StopRequest
 from pipelines.planning import Task
+from pipelines.reuse import TextDigest
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,12 @@ def collect_digests(
     max_retries: int,
     stop: StopRequest,
     wait_s: float = 600.0,
-) -> tuple[dict[str, IdDigest], dict[str, RayTaskError]]:
-    """The digests by task id, and the error of each task whose ids could not be read."""
+    text: tuple[str, str] | None = None,
+) -> tuple[dict[str, IdDigest], dict[str, TextDigest], dict[str, RayTaskError]]:
+    """The id digests by task id, the text digests when `text` (text column, prompt) is given,
+    and the error of each task whose ids or texts could not be read."""
     found: dict[str, IdDigest] = {}
+    texts: dict[str, TextDigest] = {}
     unread: dict[str, RayTaskError] = {}
     deaths: dict[str, int] = {}
     todo = [t for t in tasks if t.file.error is None]
@@ -43,13 +48,15 @@ def collect_digests(
         stop.check()
         live = live_actors(actors, wait_s, stop)
         calls = [
-            (live[i % len(live)].call.remote(digest_on_actor, (task, id_column, out)), task)
+            (live[i % len(live)].call.remote(digest_on_actor, (task, id_column, out, text)), task)
             for i, task in enumerate(todo)
         ]
         todo = []
         for ref, task in calls:
             try:
-                found[task.task_id] = ray.get(ref)
+                found[task.task_id], digest = ray.get(ref)
+                if digest is not None:
+                    texts[task.task_id] = digest
             except RayActorError as err:
                 deaths[task.task_id] = deaths.get(task.task_id, 0) + 1
                 if deaths[task.task_id] > max_retries:
@@ -60,7 +67,7 @@ def collect_digests(
                 todo.append(task)
             except RayTaskError as err:
                 unread[task.task_id] = err
-    return found, unread
+    return found, texts, unread
 
 
 def live_actors(actors: list[Any], wait_s: float, stop: StopRequest) -> list[Any]:

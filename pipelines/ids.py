@@ -20,6 +20,7 @@ import numpy as np
 from pipelines.faults import check_write
 from pipelines.planning import Task
 from pipelines.readers import read_rows
+from pipelines.reuse import TextDigest, task_texts
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def find_repeats(tasks: list[Task], digests: dict[str, IdDigest]) -> dict[str, d
     return repeats
 
 
-def digest_on_actor(_embedder: object, args: tuple[Task, str, str]) -> IdDigest:
-    """The id pass as an actor call (the actor passes its embedder first; it is not needed)."""
-    return task_digest(*args)
+def digest_on_actor(
+    _embedder: object, args: tuple[Task, str, str, tuple[str, str] | None]
+) -> tuple[IdDigest, TextDigest | None]:
+    """The id pass as an actor call (the actor passes its embedder first; it is not needed):
+    the id digests and, given (text column, prompt), the text digests (use_cache)."""
+    task, id_column, out, text = args
+    ids = task_digest(task, id_column, out)
+    return ids, task_texts(task, *text, out) if text else None

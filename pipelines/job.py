@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import Config, InputConfig
+from pipelines.config import Config, ConfigError, InputConfig
 from pipelines.planning import Task, plan_tasks, require_columns
 from pipelines.readers import InputError, InputFile, list_inputs
 from pipelines.task import TaskSpec
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
+from workers.options import OptionError, prompt_for
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,15 @@ class Job:
     files: list[InputFile]
     tasks: list[Task]
     fingerprint: dict[str, Any]
+    prompt: str = ""  # the model's prompt for the configured prompt_name
 
-    def spec(self, task: Task, repeats: dict[int, str] | None = None) -> TaskSpec:
+    def spec(
+        self,
+        task: Task,
+        repeats: dict[int, str] | None = None,
+        cache_files: tuple[str, ...] = (),
+        run_files: tuple[str, ...] = (),
+    ) -> TaskSpec:
         inp, out = self.config.input, self.config.output
         return TaskSpec(
             task=task,
@@ -47,6 +55,10 @@ class Job:
             options=self.config.embedding.options(),
             fingerprint=json.dumps(self.fingerprint, sort_keys=True),
             repeats=repeats or {},
+            prompt=self.prompt,
+            use_cache=self.config.run.use_cache,
+            cache_files=cache_files,
+            run_files=run_files,
         )
 
 
@@ -57,7 +69,11 @@ def prepare(config: Config) -> Job:
     card = read_card(model_dir)
     files = require_columns(list_inputs(inp.path), required_columns(inp), inp.text_column)
     tasks = plan_tasks(files, inp.rows_per_task)
-    return Job(config, model_dir, card, files, tasks, fingerprint(config, card, files))
+    try:
+        prompt = prompt_for(card, config.embedding.options())
+    except OptionError as err:
+        raise ConfigError(f"embedding.prompt_name: {err}") from err
+    return Job(config, model_dir, card, files, tasks, fingerprint(config, card, files), prompt)
 
 
 def required_columns(inp: InputConfig) -> dict[str, str]:
@@ -129,7 +145,7 @@ def fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -> dict
         # A changed file under a done task is caught by that task's done marker instead.
         "inputs": [{"key": f.key, "format": f.format} for f in files],
         "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
-        "truncated bool, then the kept columns",
+        "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
     }
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from pipelines.task import TaskResult
 
 log = logging.getLogger("embedpipe.progress")
 
@@ -18,6 +21,8 @@ class Progress:
         self.total_rows = total_rows
         self.rows = done_rows
         self.tokens = 0
+        self.from_cache = 0
+        self.deduplicated = 0
         self.failures = 0
         self._start_rows = done_rows
         self._stream = stream
@@ -26,9 +31,11 @@ class Progress:
         self._started = time.monotonic()
         self._shown = 0.0
 
-    def task_done(self, rows: int, tokens: int) -> None:
-        self.rows += rows
-        self.tokens += tokens
+    def task_done(self, result: TaskResult) -> None:
+        self.rows += result.rows
+        self.tokens += result.tokens
+        self.from_cache += result.from_cache
+        self.deduplicated += result.deduplicated
 
     def task_failed(self) -> None:
         self.failures += 1
@@ -59,8 +66,13 @@ class Progress:
         return (
             f"[{bar}] {self.rows:,}/{self.total_rows:,} rows  "
             f"{self.tokens / max(elapsed, 1e-9):,.0f} tokens/s  ETA {_duration(left)}  "
-            f"failures {self.failures}"
+            f"failures {self.failures}{self._reused()}"
         )
+
+    def _reused(self) -> str:
+        if not (self.from_cache or self.deduplicated):
+            return ""
+        return f"  from cache {self.from_cache:,}  deduplicated {self.deduplicated:,}"
 
 
 def _duration(seconds: float) -> str:

@@ -18,15 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pipelines import earlier
 from pipelines.cluster import connect, plan_actors, start_actors
 from pipelines.config import Config
 from pipelines.driver import Driver
+from pipelines.earlier import CacheIndex, CacheSource
 from pipelines.idpass import collect_digests
 from pipelines.ids import find_repeats
 from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.job import Job, prepare, save_resolved_config
 from pipelines.planning import Task
 from pipelines.progress import Progress
+from pipelines.reuse import plan_reuse
 from pipelines.state import RunState, StateError, totals
 
 log = logging.getLogger(__name__)
@@ -55,8 +60,13 @@ def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
         state.clear_success()
         state.sweep_temporaries()
         todo = pending(job, state)
-        usage = run_tasks(job, state, todo, stop) if todo else {}
+        index, sources = open_cache(job, state.out) if todo else (CacheIndex(), [])
+        usage = run_tasks(job, state, todo, stop, index) if todo else {}
         report = build_report(job, state, time.monotonic() - started, usage)
+        report["cache"] = {
+            "use_cache": job.config.run.use_cache,
+            "sources": [s.as_dict() for s in sources],
+        }
         if stop.signum is not None:
             report["interrupted"] = signal.Signals(stop.signum).name
         state.write_report(report)
@@ -66,6 +76,13 @@ def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
         return report
     finally:
         state.release()
+
+
+def open_cache(job: Job, out: Path) -> tuple[CacheIndex, list[CacheSource]]:
+    run = job.config.run
+    if not (run.use_cache and run.cache_from):
+        return CacheIndex(), []
+    return earlier.open_cache(run.cache_from, job.fingerprint, out)
 
 
 def pending(job: Job, state: RunState) -> list[Task]:
@@ -90,7 +107,9 @@ def _plan_entry(task: Task) -> dict[str, Any]:
     return {"task": task.task_id, "file": task.file.key, "start": task.start, "stop": task.stop}
 
 
-def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) -> dict[str, float]:
+def run_tasks(
+    job: Job, state: RunState, todo: list[Task], stop: StopRequest, index: CacheIndex
+) -> dict[str, float]:
     """Runs the tasks until done or stopped; returns the seconds spent starting Ray and loading
     the actors, then embedding, and the share of that time the actors' devices sat idle."""
     clock = time.monotonic()
@@ -104,7 +123,7 @@ def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) ->
         return {"seconds_startup": time.monotonic() - clock}
     usage = {"seconds_startup": time.monotonic() - clock}
     with contextlib.suppress(Interrupted):  # the caller reports from what the markers say
-        driver = drive(job, state, todo, actors, stop)
+        driver = drive(job, state, todo, actors, stop, index)
         usage["seconds_embedding"] = driver.wall_s
         if (idle := driver.device_idle_share()) is not None:
             usage["device_idle_share"] = idle
@@ -112,14 +131,19 @@ def run_tasks(job: Job, state: RunState, todo: list[Task], stop: StopRequest) ->
 
 
 def drive(
-    job: Job, state: RunState, todo: list[Task], actors: list[Any], stop: StopRequest
+    job: Job,
+    state: RunState,
+    todo: list[Task],
+    actors: list[Any],
+    stop: StopRequest,
+    index: CacheIndex,
 ) -> Driver:
     run = job.config.run
     done_rows = sum(t.rows for t in job.tasks) - sum(t.rows for t in todo)
     progress = Progress(sum(t.rows for t in job.tasks), done_rows)
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
-    digests, unread = collect_digests(
+    digests, texts, unread = collect_digests(
         actors,
         order,
         job.config.input.id_column,
@@ -127,8 +151,14 @@ def drive(
         run.max_retries,
         stop,
         run.wait_timeout_s,
+        (job.config.input.text_column, job.prompt) if run.use_cache else None,
     )
     repeats = find_repeats(order, digests)
+    usable = {
+        t: ~d.null & ~np.isin(np.arange(len(d.null)), list(repeats.get(t, {})))
+        for t, d in digests.items()
+    }
+    reuse = plan_reuse(order, texts, usable, index) if run.use_cache else {}
     driver = Driver(
         job,
         state,
@@ -138,6 +168,7 @@ def drive(
         repeats,
         stop=stop,
         stall_s=run.wait_timeout_s,
+        reuse=reuse,
     )
     driver.run(todo, unread)
     return driver

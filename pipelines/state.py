@@ -69,7 +69,7 @@ class RunState:
             _write(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
             return
         stored = json.loads(path.read_text())
-        if differences := _diff(stored, fingerprint):
+        if differences := diff(stored, fingerprint):
             raise StateError(
                 f"{self.out} holds the output of another model, options or input "
                 f"({'; '.join(differences[:5])}); write to a new output.path"
@@ -122,9 +122,12 @@ class RunState:
 
 
 def totals(done: dict[str, Any]) -> dict[str, int]:
-    """Rows embedded and rejected, and tokens, over done markers."""
+    """Over done markers: rows the model embedded, rows copied from cache_from, rows whose text
+    another row of the run had embedded, rows rejected, and the tokens the model embedded."""
     return {
         "rows_embedded": sum(m["embedded"] for m in done.values()),
+        "rows_from_cache": sum(m.get("from_cache", 0) for m in done.values()),
+        "rows_deduplicated": sum(m.get("deduplicated", 0) for m in done.values()),
         "rows_rejected": sum(m["rejected"] for m in done.values()),
         "tokens": sum(m["tokens"] for m in done.values()),
     }
@@ -154,18 +157,18 @@ def _read_markers(directory: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
 
 
-def _diff(old: Any, new: Any, where: str = "") -> list[str]:
+def diff(old: Any, new: Any, where: str = "") -> list[str]:
     """Human-readable differences between two JSON values, by key path."""
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(old.keys() | new.keys()):
-            found += _diff(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            found += diff(old.get(key), new.get(key), f"{where}.{key}" if where else key)
         return found
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [
             d
             for i, (a, b) in enumerate(zip(old, new, strict=True))
-            for d in _diff(a, b, f"{where}[{i}]")
+            for d in diff(a, b, f"{where}[{i}]")
         ]
     if isinstance(old, list) and isinstance(new, list):
         return [f"{where}: {len(old)} entries here, {len(new)} now"]

@@ -2,7 +2,8 @@
 
 This is the code the driver sends to an actor (which holds the loaded embedder), so it needs no
 Ray. Every row of the task ends in exactly one place: its part file or the rejects, with the
-reason. Ids are checked here (null, or repeated inside the task); texts by the embedder.
+reason. Ids are checked here (null, or repeated inside the task); texts by the embedder. Under
+use_cache, rows whose text another part file already holds are copied from it (known.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.known import Resolved, embed_all, embed_or_copy, read_known
 from pipelines.planning import Task
 from pipelines.readers import read_rows
 from pipelines.writers import embeddings_table, partitions, rejects_table, write_parquet_atomic
 from workers import EmbedOptions
+from workers.text_hash import text_hashes
 
 if TYPE_CHECKING:  # the driver builds specs; only actors need the embedder (and onnxruntime)
     from workers import Embedder
@@ -37,25 +40,33 @@ class TaskSpec:
     options: EmbedOptions
     fingerprint: str
     repeats: dict[int, str] = field(default_factory=dict)  # row offset -> "repeats row N of F"
+    prompt: str = ""  # what text_hash puts before each text
+    use_cache: bool = False
+    cache_files: tuple[str, ...] = ()  # cache_from part files that hold some of its texts
+    run_files: tuple[str, ...] = ()  # this run's part files that hold some of its texts
 
 
 @dataclass(frozen=True)
 class TaskResult:
     task_id: str
     rows: int
-    embedded: int
+    embedded: int  # rows the model computed
     rejected: int
     tokens: int
     seconds: dict[str, float]
     files: list[dict[str, Any]] = field(default_factory=list)
     input_key: str = ""
     input_size: int = 0
+    from_cache: int = 0
+    deduplicated: int = 0
 
     def as_marker(self) -> dict[str, Any]:
         return {
             "input": {"key": self.input_key, "size": self.input_size},
             "rows": self.rows,
             "embedded": self.embedded,
+            "from_cache": self.from_cache,
+            "deduplicated": self.deduplicated,
             "rejected": self.rejected,
             "tokens": self.tokens,
             "seconds": self.seconds,
@@ -72,7 +83,9 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     reasons = id_problems(ids, spec.repeats)
     live = [i for i, r in enumerate(reasons) if r is None]
     texts = frame[spec.text_column].to_list()
-    result = embedder.embed([texts[i] for i in live], spec.options)
+    live_texts = [texts[i] for i in live]
+    hashes, _ = text_hashes(spec.prompt, live_texts)
+    result = resolve(embedder, spec, live_texts, hashes)
     for i, error in zip(live, result.errors, strict=True):
         reasons[i] = error
     embed_s, clock = time.perf_counter() - clock, time.perf_counter()
@@ -84,6 +97,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
         result.vectors[ok],
         result.n_tokens[ok],
         result.truncated[ok],
+        hashes[ok],
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
     )
@@ -93,16 +107,26 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     return TaskResult(
         task_id=task.task_id,
         rows=task.rows,
-        embedded=len(rows),
+        embedded=result.embedded,
         rejected=task.rows - len(rows),
-        tokens=int(result.n_tokens[ok].sum()),
+        tokens=result.tokens,  # the model's: copied rows cost none
         # "device" is the part of "embed" spent running the model; the rest is tokenizing and
         # waiting for the other task of the actor to release the device.
         seconds={"read": read_s, "embed": embed_s, "device": result.device_s, "write": write_s},
         files=files,
         input_key=task.file.key,
         input_size=task.file.size,
+        from_cache=result.from_cache,
+        deduplicated=result.deduplicated,
     )
+
+
+def resolve(embedder: Embedder, spec: TaskSpec, texts: list[object], hashes: Any) -> Resolved:
+    if not spec.use_cache:
+        return embed_all(embedder, texts, spec.options)
+    cache = read_known(spec.cache_files, hashes)
+    run = read_known(spec.run_files, hashes)
+    return embed_or_copy(embedder, texts, hashes, spec.options, cache, run)
 
 
 def id_problems(ids: list[str | None], repeats: dict[int, str]) -> list[str | None]:

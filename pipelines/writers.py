@@ -1,9 +1,10 @@
 """Part files: one task's embeddings (and its rejects) as Parquet, written atomically.
 
 Declared schema: `id` string (ids from CSV, JSON and Parquet shards agree, and "00123" stays
-"00123"), `embedding` FixedSizeList<float32, dim>, `n_tokens` int32, `truncated` bool, then the
-kept columns; the run fingerprint rides in the schema metadata, so a lone part file still says
-which model and options made it. Files are written under a temporary name, fsynced and renamed,
+"00123"), `embedding` FixedSizeList<float32, dim>, `n_tokens` int32, `truncated` bool,
+`text_hash` fixed_size_binary(16) (workers/text_hash.py says which hash), then the kept
+columns; the run fingerprint rides in the schema metadata, so a lone part file still says which
+model and options made it. Files are written under a temporary name, fsynced and renamed,
 so a reader never sees half a file. Same rows in, same bytes out.
 """
 
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipelines.faults import check_write
 from workers.model_dir import publish, sha256_file
+from workers.text_hash import HASH_BYTES, HASH_DTYPE
 
 FINGERPRINT_KEY = b"embedpipe.fingerprint"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -29,6 +31,7 @@ def embeddings_table(
     vectors: np.ndarray,
     n_tokens: np.ndarray,
     truncated: np.ndarray,
+    hashes: np.ndarray,
     kept: pa.Table,
     fingerprint: str,
 ) -> pa.Table:
@@ -38,9 +41,27 @@ def embeddings_table(
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
         "n_tokens": pa.array(n_tokens, pa.int32()),
         "truncated": pa.array(truncated, pa.bool_()),
+        "text_hash": hash_array(hashes),
     }
     table = pa.table({**columns, **{name: kept[name] for name in kept.column_names}})
     return table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode()})
+
+
+def hash_array(hashes: np.ndarray) -> pa.Array:
+    """HASH_DTYPE digests as fixed_size_binary, from their bytes (no Python object per row)."""
+    raw = np.ascontiguousarray(hashes, dtype=HASH_DTYPE)
+    buffer = pa.py_buffer(raw.tobytes())
+    return pa.Array.from_buffers(pa.binary(HASH_BYTES), len(raw), [None, buffer])
+
+
+def hashes_of(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A text_hash column as HASH_DTYPE digests; null entries read as all zeros."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(array) == 0:
+        return np.zeros(0, dtype=HASH_DTYPE)
+    array = array.fill_null(b"\0" * HASH_BYTES) if array.null_count else array
+    data = array.buffers()[1]
+    return np.frombuffer(data, dtype=HASH_DTYPE, count=len(array), offset=array.offset * HASH_BYTES)
 
 
 def rejects_table(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workers.model_dir import ModelCard
+
 DIRECTIONS = ("left", "right")
 
 
@@ -36,3 +38,22 @@ class EmbedOptions:
                 f"truncation_direction must be 'left' or 'right' (any case), got {direction!r}"
             )
         object.__setattr__(self, "truncation_direction", direction.lower())
+
+
+def prompt_for(card: ModelCard, options: EmbedOptions) -> str:
+    """The prompt text the model reads before each text: the named one, else the card's default
+    prompt, else none. An unknown name is an error that lists the model's prompts."""
+    name = options.prompt_name or card.default_prompt_name
+    if name is None:
+        return ""
+    if not card.prompts:
+        raise OptionError(
+            f"prompt_name {name!r} given, but model {card.source} has no prompts; "
+            "leave prompt_name unset"
+        )
+    if name not in card.prompts:
+        raise OptionError(
+            f"unknown prompt_name {name!r}; model {card.source} has the prompts: "
+            + ", ".join(sorted(card.prompts))
+        )
+    return card.prompts[name]

@@ -18,7 +18,7 @@ from tokenizers import Encoding, Tokenizer
 
 from workers.long_texts import chunks, window
 from workers.model_dir import ModelCard, ModelDirError
-from workers.options import EmbedOptions, OptionError
+from workers.options import EmbedOptions, prompt_for
 
 # A text longer than this many characters per max_seq_length token is tokenized only in the
 # window truncation keeps (or counted chunk by chunk): see long_texts.py.
@@ -75,21 +75,7 @@ class TextPreparer:
 
     def prompt_for(self, options: EmbedOptions) -> str:
         """The prompt text for these options; the card's default prompt when none is named."""
-        card = self._card
-        name = options.prompt_name or card.default_prompt_name
-        if name is None:
-            return ""
-        if not card.prompts:
-            raise OptionError(
-                f"prompt_name {name!r} given, but model {card.source} has no prompts; "
-                "leave prompt_name unset"
-            )
-        if name not in card.prompts:
-            raise OptionError(
-                f"unknown prompt_name {name!r}; model {card.source} has the prompts: "
-                + ", ".join(sorted(card.prompts))
-            )
-        return card.prompts[name]
+        return prompt_for(self._card, options)
 
     def prepare(self, texts: Sequence[object], options: EmbedOptions) -> Prepared:
         prompt = self.prompt_for(options)

@@ -1,16 +1,38 @@
 import io
 
 from pipelines.progress import Progress
+from pipelines.task import TaskResult
+
+
+def done(rows: int, tokens: int, from_cache: int = 0, deduplicated: int = 0) -> TaskResult:
+    return TaskResult(
+        task_id="t",
+        rows=rows,
+        embedded=rows - from_cache - deduplicated,
+        rejected=0,
+        tokens=tokens,
+        seconds={},
+        from_cache=from_cache,
+        deduplicated=deduplicated,
+    )
 
 
 def test_the_line_shows_rows_rate_eta_and_failures():
     progress = Progress(total_rows=1000, done_rows=200, stream=io.StringIO())
-    progress.task_done(rows=300, tokens=6000)
+    progress.task_done(done(rows=300, tokens=6000))
     progress.task_failed()
     line = progress.line(elapsed=10.0)
     assert "500/1,000 rows" in line and "600 tokens/s" in line
     assert "ETA 0m16s" in line  # 300 rows in 10 s this run, 500 left
     assert "failures 1" in line and line.startswith("[############............]")
+    assert "cache" not in line  # nothing reused: nothing to say
+
+
+def test_the_line_shows_rows_copied_from_the_cache_and_deduplicated():
+    progress = Progress(total_rows=5000, done_rows=0, stream=io.StringIO())
+    progress.task_done(done(rows=2000, tokens=900, from_cache=1500, deduplicated=120))
+    progress.task_done(done(rows=1000, tokens=100, from_cache=700, deduplicated=3))
+    assert "from cache 2,200  deduplicated 123" in progress.line(elapsed=1.0)
 
 
 class Terminal(io.StringIO):
@@ -21,7 +43,7 @@ class Terminal(io.StringIO):
 def test_a_terminal_gets_a_redrawn_bar_and_a_final_newline():
     screen = Terminal()
     progress = Progress(total_rows=10, done_rows=0, stream=screen)
-    progress.task_done(rows=10, tokens=100)
+    progress.task_done(done(rows=10, tokens=100))
     progress.close()
     assert screen.getvalue().startswith("\r[########################] 10/10 rows")
     assert screen.getvalue().endswith("\n")

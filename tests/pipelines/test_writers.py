@@ -11,6 +11,7 @@ import pytest
 from pipelines.writers import (
     FINGERPRINT_KEY,
     embeddings_table,
+    hashes_of,
     partitions,
     rejects_table,
     write_parquet_atomic,
@@ -29,6 +30,7 @@ def sample(n=5, dim=4):
         rng.standard_normal((n, dim)).astype(np.float32),
         np.arange(n, dtype=np.int32) + 3,
         np.array([False, True, False, False, True][:n]),
+        np.array([bytes([i]) * 16 for i in range(n)], dtype="S16"),
         kept,
         FP,
     )
@@ -36,12 +38,33 @@ def sample(n=5, dim=4):
 
 def test_schema_is_the_declared_one():
     table = sample()
-    assert table.schema.names == ["id", "embedding", "n_tokens", "truncated", "lang", "url"]
+    assert table.schema.names == [
+        *("id", "embedding", "n_tokens", "truncated", "text_hash", "lang", "url")
+    ]
     assert table.schema.field("id").type == pa.string()
+    assert table.schema.field("text_hash").type == pa.binary(16)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 4)
     assert table.schema.field("n_tokens").type == pa.int32()
     assert table.schema.field("truncated").type == pa.bool_()
     assert table.schema.metadata[FINGERPRINT_KEY] == FP.encode()
+
+
+def test_text_hashes_survive_the_round_trip_through_parquet(tmp_path):
+    # all-zero and trailing-zero digests too: numpy's bytes dtype must not trim them
+    hashes = np.array([b"\0" * 16, b"a" + b"\0" * 15, bytes(range(16))], dtype="S16")
+    table = embeddings_table(
+        ["a", "b", "c"],
+        np.zeros((3, 2), np.float32),
+        np.ones(3, np.int32),
+        np.zeros(3, bool),
+        hashes,
+        pa.table({}),
+        FP,
+    )
+    write_parquet_atomic(table, tmp_path / "p.parquet")
+    column = pq.read_table(tmp_path / "p.parquet").column("text_hash")
+    assert column.to_pylist() == [b"\0" * 16, b"a" + b"\0" * 15, bytes(range(16))]
+    assert hashes_of(column).tobytes() == hashes.tobytes()
 
 
 def test_written_file_reads_back_with_polars_and_keeps_the_fingerprint(tmp_path):
@@ -70,7 +93,7 @@ def test_hive_partitions_split_rows_and_drop_the_key_column():
 
 
 def test_partition_values_are_escaped_for_paths():
-    table = sample().set_column(4, "lang", pa.array(["a/b", "a/b", "c d", "c d", "e"]))
+    table = sample().set_column(5, "lang", pa.array(["a/b", "a/b", "c d", "c d", "e"]))
     assert [d for d, _ in partitions(table, ["lang"])] == ["lang=a%2Fb", "lang=c%20d", "lang=e"]
 
 
@@ -82,5 +105,11 @@ def test_rejects_carry_file_row_id_and_reason():
 def test_embedding_width_must_match_rows():
     with pytest.raises(ValueError):
         embeddings_table(
-            ["a"], np.zeros((2, 4), np.float32), np.zeros(1), np.zeros(1, bool), pa.table({}), FP
+            ["a"],
+            np.zeros((2, 4), np.float32),
+            np.zeros(1),
+            np.zeros(1, bool),
+            np.zeros(1, "S16"),
+            pa.table({}),
+            FP,
         )

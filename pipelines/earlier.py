@@ -1,0 +1,156 @@
+"""Earlier outputs (`run.cache_from`) as a source of vectors: which part files may be reused, and
+an index of their text hashes.
+
+A part file is reused only when its own fingerprint (in its Parquet metadata, so a file copied
+out of its output still says what made it) names the same model and the same embedding options
+as this run: the text hash covers the text, the fingerprint the rest of what decides a vector.
+Everything else is left out with its reason, logged and put in the report; an unusable or
+missing cache never fails a run, since the run's result is the same without it, only slower.
+
+The index holds 20 bytes a cached row in the driver (digest and file number): 200 MB for ten
+million rows. It is read from the files' `text_hash` columns alone, never their text or vectors.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.readers import InputError
+from pipelines.state import FINGERPRINT_FILE, diff
+from pipelines.writers import FINGERPRINT_KEY, hashes_of
+from workers.text_hash import HASH_DTYPE
+
+log = logging.getLogger(__name__)
+
+# What must match for a vector to be reused; the rest of a fingerprint (input listing, columns,
+# partitioning) changes which rows there are, not what a text's vector is.
+DECIDES_VECTORS = ("model", "options")
+
+
+@dataclass(frozen=True)
+class CacheSource:
+    """One `cache_from` entry as the report shows it."""
+
+    path: str
+    files: int = 0
+    rows: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # file or path -> why it is not used
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "files": self.files, "rows": self.rows, "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class CacheIndex:
+    files: tuple[str, ...] = ()
+    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, HASH_DTYPE))  # sorted
+    file_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    def lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """Per digest, the number of a file that holds it, or -1."""
+        if len(self.hashes) == 0:
+            return np.full(len(hashes), -1, dtype=np.int32)
+        at = np.searchsorted(self.hashes, hashes)
+        at_clipped = np.minimum(at, len(self.hashes) - 1)
+        found = self.hashes[at_clipped] == hashes
+        return np.where(found, self.file_of[at_clipped], -1).astype(np.int32)
+
+
+def open_cache(
+    paths: list[str], fingerprint: dict[str, Any], out: Path
+) -> tuple[CacheIndex, list[CacheSource]]:
+    """The index over every reusable part file under `paths`, and what each path gave."""
+    files: list[str] = []
+    digests: list[np.ndarray] = []
+    sources = []
+    for path in paths:
+        check_not_output(path, out)
+        source, found = _scan(path, fingerprint)
+        sources.append(source)
+        for name, hashes in found:
+            files.append(name)
+            digests.append(hashes)
+    for source in sources:
+        for where, why in source.skipped.items():
+            log.warning("cache_from: not using %s: %s", where, why)
+        log.info("cache_from %s: %d file(s), %d row(s)", source.path, source.files, source.rows)
+    if not files:
+        return CacheIndex(), sources
+    hashes = np.concatenate(digests)
+    file_of = np.concatenate([np.full(len(d), i, np.int32) for i, d in enumerate(digests)])
+    order = np.argsort(hashes, kind="stable")
+    return CacheIndex(tuple(files), hashes[order], file_of[order]), sources
+
+
+def check_not_output(path: str, out: Path) -> None:
+    root = Path(re.split(r"[*?[]", path)[0] or ".")  # a glob: the directory it starts from
+    if root.resolve().is_relative_to(out.resolve()):
+        raise InputError(
+            f"run.cache_from names {path}, inside this run's output.path {out}: a rerun keeps "
+            "its own finished tasks already. Remove it from run.cache_from"
+        )
+
+
+def _scan(path: str, fingerprint: dict[str, Any]) -> tuple[CacheSource, list[tuple[str, Any]]]:
+    skipped: dict[str, str] = {}
+    stored = Path(path) / FINGERPRINT_FILE
+    if stored.is_file() and (why := _mismatch(json.loads(stored.read_text()), fingerprint)):
+        return CacheSource(path, skipped={path: why}), []
+    candidates = _part_files(path)
+    if not candidates:
+        return CacheSource(path, skipped={path: "no part files there"}), []
+    found = []
+    for name in candidates:
+        try:
+            why, hashes = _read(name, fingerprint)
+        except (OSError, ValueError) as err:  # unreadable, or not Parquet
+            why, hashes = f"cannot be read: {err}", None
+        if hashes is None:
+            skipped[name] = str(why)
+        else:
+            found.append((name, hashes))
+    rows = sum(len(h) for _, h in found)
+    return CacheSource(path, files=len(found), rows=rows, skipped=skipped), found
+
+
+def _part_files(path: str) -> list[str]:
+    """Part files under an output directory (not its rejects, state or temporaries), or the
+    files a path or glob names."""
+    root = Path(path)
+    if root.is_dir():
+        found = root.rglob("*.parquet")
+        return sorted(
+            str(p)
+            for p in found
+            if not any(part.startswith(("_", ".")) for part in p.relative_to(root).parts)
+        )
+    return sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
+
+
+def _read(name: str, fingerprint: dict[str, Any]) -> tuple[str | None, np.ndarray | None]:
+    schema = pq.read_schema(name)
+    raw = (schema.metadata or {}).get(FINGERPRINT_KEY)
+    if raw is None:
+        return "not an embedpipe part file (no fingerprint in its metadata)", None
+    if why := _mismatch(json.loads(raw), fingerprint):
+        return why, None
+    if "text_hash" not in schema.names:
+        return "written before part files had a text_hash column", None
+    return None, hashes_of(pq.read_table(name, columns=["text_hash"]).column("text_hash"))
+
+
+def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
+    """Why vectors made under `theirs` are not this run's, or None when they are."""
+    found = [d for key in DECIDES_VECTORS for d in diff(theirs.get(key), ours[key], key)]
+    if not found:
+        return None
+    return "made with another model or options (" + "; ".join(found[:4]) + ")"

@@ -1,0 +1,119 @@
+"""Which rows of the run need the model, and where the others get their vectors (use_cache).
+
+Before embedding, each actor hashes its task's texts (workers/text_hash.py; cached under
+`_state/texts/` like the id digests, so the driver never reads a text). The driver then decides,
+for every row with a usable id:
+
+- its text is in a cache_from part file: the task copies the vector from that file;
+- else its text first appears in an earlier task of the run (done tasks first, then plan order):
+  the task waits for that one and copies from its part files;
+- else the task embeds it, once however often the text repeats inside the task.
+
+So each distinct text of the run is embedded once, by the first task that has it. A task that
+waits only ever waits on earlier tasks, so there is no cycle; and when the task it waits on
+fails for good, it embeds those texts itself (as it does for any text it cannot find).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.earlier import CacheIndex
+from pipelines.faults import check_write
+from pipelines.planning import Task
+from pipelines.readers import read_rows
+from workers.text_hash import HASH_DTYPE, text_hashes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextDigest:
+    hashes: np.ndarray  # (rows,) HASH_DTYPE
+    missing: np.ndarray  # (rows,) bool: no text to hash (null, empty, not a string)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """What one task copies instead of embedding, as the driver planned it."""
+
+    cache_files: tuple[str, ...] = ()  # cache_from part files holding some of its texts
+    owners: tuple[str, ...] = ()  # earlier tasks of this run holding some of its texts
+
+
+def task_texts(task: Task, text_column: str, prompt: str, out: str) -> TextDigest:
+    """Runs on an actor: the digests of the task's texts, from the cache when an earlier run of
+    this output made them (the output's fingerprint fixes the prompt)."""
+    cache = Path(out) / "_state" / "texts" / f"{task.task_id}.npz"
+    if cache.is_file():
+        saved = np.load(cache)
+        return TextDigest(saved["hashes"], saved["missing"])
+    texts = read_rows(task.file, task.start, task.stop, [text_column])[text_column].to_list()
+    hashes, missing = text_hashes(prompt, texts)
+    _save(cache, hashes, missing)
+    return TextDigest(hashes, missing)
+
+
+def _save(cache: Path, hashes: np.ndarray, missing: np.ndarray) -> None:
+    """Caches the digests; a full disk here only costs a rerun the reading, so it is logged."""
+    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, hashes=hashes, missing=missing)
+        check_write(cache)
+        os.replace(tmp, cache)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot cache the text digests at %s: %s", cache, err)
+
+
+def plan_reuse(
+    order: list[Task],
+    texts: dict[str, TextDigest],
+    usable: dict[str, np.ndarray],
+    index: CacheIndex,
+) -> dict[str, Reuse]:
+    """Per task of `order` with digests: the cache files and earlier tasks it copies from.
+
+    `usable` masks the rows whose id lets them be written (not null, not a repeat): only those
+    can hold a vector for a later row. Memory: about 40 bytes a row, in numpy.
+    """
+    tasks = [t for t in order if t.task_id in texts]
+    if not tasks:
+        return {}
+    sizes = [len(texts[t.task_id].hashes) for t in tasks]
+    keys = np.concatenate([texts[t.task_id].hashes for t in tasks]).astype(HASH_DTYPE)
+    ok = np.concatenate([~texts[t.task_id].missing & usable[t.task_id] for t in tasks])
+    task_of = np.repeat(np.arange(len(tasks)), sizes)
+    cached = np.full(len(keys), -1, dtype=np.int32)
+    cached[ok] = index.lookup(keys[ok])
+    hit = cached >= 0
+    fresh = np.flatnonzero(ok & ~hit)
+    # the first row of each distinct text is its owner (np.unique's index is the first one)
+    _, first, inverse = np.unique(keys[fresh], return_index=True, return_inverse=True)
+    owner_task = task_of[fresh[first[inverse.reshape(-1)]]]
+    row_task = task_of[fresh]
+    waits = _pairs(row_task[owner_task != row_task], owner_task[owner_task != row_task])
+    copies = _pairs(task_of[hit], cached[hit])
+    return {
+        task.task_id: Reuse(
+            cache_files=tuple(index.files[f] for f in copies.get(i, [])),
+            owners=tuple(tasks[o].task_id for o in waits.get(i, [])),
+        )
+        for i, task in enumerate(tasks)
+    }
+
+
+def _pairs(left: np.ndarray, right: np.ndarray) -> dict[int, list[int]]:
+    """The distinct right values of each left value."""
+    if len(left) == 0:
+        return {}
+    found: dict[int, list[int]] = {}
+    for a, b in np.unique(np.stack([left, right], axis=1), axis=0).tolist():
+        found.setdefault(a, []).append(b)
+    return found

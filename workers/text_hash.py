@@ -1,0 +1,41 @@
+"""`text_hash`: what identifies a text to the cache, and the column every part file carries.
+
+The hash is BLAKE2b with a 16-byte digest over the UTF-8 bytes of the text exactly as the model
+reads it, that is after the prompt is applied (`prompts[prompt_name] + text`); in Python,
+`hashlib.blake2b((prompt + text).encode("utf-8", "surrogatepass"), digest_size=16).digest()`.
+
+Why 128 bits is enough: for n distinct texts, the chance that any two share a digest is about
+n**2 / 2**129, so 1.5e-19 for ten billion texts, far below the odds of a disk returning a wrong
+bit. BLAKE2b is a cryptographic hash, so texts cannot be crafted to collide short of ~2**64
+hash evaluations, and it runs at about a gigabyte a second in hashlib, well ahead of tokenizing.
+The digest covers the text only: the model and the options that also decide a vector are
+checked per output (its fingerprint) before any of its vectors is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+HASH_BYTES = 16
+HASH_DTYPE = np.dtype(f"S{HASH_BYTES}")  # compares as raw bytes: sorts and searches in numpy
+
+
+def text_hash(prompt: str, text: str) -> bytes:
+    # surrogatepass: a lone surrogate (from a JSON "\ud800" escape) still hashes, to its own
+    # digest, instead of stopping the whole task.
+    raw = (prompt + text).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=HASH_BYTES).digest()
+
+
+def text_hashes(prompt: str, texts: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    """Digests of texts (HASH_DTYPE) and where there is none: a null or non-string value, or an
+    empty text, which no output holds a vector for."""
+    missing = np.array([not (isinstance(t, str) and t) for t in texts], dtype=bool)
+    digests = np.zeros(len(texts), dtype=HASH_DTYPE)
+    for row, text in enumerate(texts):
+        if not missing[row]:
+            digests[row] = text_hash(prompt, str(text))
+    return digests, missing
