@@ -150,7 +150,11 @@ def _read(name: str, fingerprint: dict[str, Any]) -> tuple[str | None, np.ndarra
 
 def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
     """Why vectors made under `theirs` are not this run's, or None when they are."""
-    found = [d for key in DECIDES_VECTORS for d in diff(theirs.get(key), ours[key], key)]
+    found = [
+        d
+        for key in DECIDES_VECTORS
+        for d in diff(theirs.get(key), ours[key], key, ("there", "in this run"))
+    ]
     if not found:
         return None
     return "made with another model or options (" + "; ".join(found[:4]) + ")"

@@ -157,23 +157,28 @@ def _read_markers(directory: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
 
 
-def diff(old: Any, new: Any, where: str = "") -> list[str]:
-    """Human-readable differences between two JSON values, by key path."""
+def diff(
+    old: Any, new: Any, where: str = "", labels: tuple[str, str] = ("here", "now")
+) -> list[str]:
+    """Human-readable differences between two JSON values, by key path; `labels` say where
+    each side comes from."""
+    then, now = labels
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(old.keys() | new.keys()):
-            found += diff(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            path = f"{where}.{key}" if where else key
+            found += diff(old.get(key), new.get(key), path, labels)
         return found
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [
             d
             for i, (a, b) in enumerate(zip(old, new, strict=True))
-            for d in diff(a, b, f"{where}[{i}]")
+            for d in diff(a, b, f"{where}[{i}]", labels)
         ]
     if isinstance(old, list) and isinstance(new, list):
-        return [f"{where}: {len(old)} entries here, {len(new)} now"]
+        return [f"{where}: {len(old)} entries {then}, {len(new)} {now}"]
     if old != new:
-        return [f"{where or 'fingerprint'}: {_short(old)} here, {_short(new)} now"]
+        return [f"{where or 'fingerprint'}: {_short(old)} {then}, {_short(new)} {now}"]
     return []
 
 

@@ -1,0 +1,127 @@
+"""use_cache without Ray: which cache files are usable, and who embeds which text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.earlier import CacheIndex, open_cache
+from pipelines.planning import Task
+from pipelines.readers import InputError, InputFile
+from pipelines.reuse import TextDigest, plan_reuse
+from pipelines.writers import embeddings_table, write_parquet_atomic
+from workers.text_hash import text_hash, text_hashes
+
+OURS = {
+    "model": {"source": "m", "onnx_sha256": "aaa", "dim": 2},
+    "options": {"normalize": True, "truncate": True, "truncation_direction": "right"},
+    "inputs": [{"key": "this-week.parquet"}],
+}
+
+
+def part_file(path: Path, texts: list[str], fingerprint: dict) -> Path:
+    hashes, _ = text_hashes("", texts)
+    table = embeddings_table(
+        [f"id{i}" for i in range(len(texts))],
+        np.arange(2 * len(texts), dtype=np.float32).reshape(-1, 2),
+        np.full(len(texts), 3, np.int32),
+        np.zeros(len(texts), bool),
+        hashes,
+        pa.table({}),
+        json.dumps(fingerprint),
+    )
+    write_parquet_atomic(table, path)
+    return path
+
+
+def test_the_text_hash_is_blake2b_128_of_prompt_and_text():
+    import hashlib
+
+    assert (
+        text_hash("query: ", "héllo")
+        == hashlib.blake2b("query: héllo".encode(), digest_size=16).digest()
+    )
+    hashes, missing = text_hashes("", ["a", None, "", 7, "a"])
+    assert missing.tolist() == [False, True, True, True, False]
+    assert hashes[0] == hashes[4] != hashes[1]
+
+
+def test_only_files_of_the_same_model_and_options_are_indexed(tmp_path):
+    last_week = {**OURS, "inputs": [{"key": "last-week.parquet"}]}  # other rows: fine
+    other_model = {**OURS, "model": {**OURS["model"], "onnx_sha256": "bbb"}}
+    unnormalized = {**OURS, "options": {**OURS["options"], "normalize": False}}
+    old = tmp_path / "old"
+    part_file(old / "part-a.parquet", ["x", "y"], last_week)
+    part_file(old / "lang=en" / "part-b.parquet", ["z"], last_week)
+    part_file(old / "part-c.parquet", ["w"], other_model)  # copied in from elsewhere
+    part_file(old / "_rejects" / "part-a.parquet", ["v"], last_week)  # not a part file
+    part_file(tmp_path / "raw" / "part-d.parquet", ["u"], unnormalized)
+
+    index, sources = open_cache(
+        [str(old), str(tmp_path / "raw" / "*.parquet"), str(tmp_path / "nowhere")],
+        OURS,
+        tmp_path / "out",
+    )
+    assert [(s.files, s.rows) for s in sources] == [(2, 3), (0, 0), (0, 0)]
+    assert "onnx_sha256" in sources[0].skipped[str(old / "part-c.parquet")]
+    assert (
+        "options.normalize: false there, true in this run"
+        in sources[1].skipped[str(tmp_path / "raw" / "part-d.parquet")]
+    )
+    assert sources[2].skipped == {str(tmp_path / "nowhere"): "no part files there"}
+    found = index.lookup(text_hashes("", ["y", "w", "z", "nope"])[0])
+    assert [index.files[f] if f >= 0 else None for f in found] == [
+        str(old / "part-a.parquet"),
+        None,
+        str(old / "lang=en" / "part-b.parquet"),
+        None,
+    ]
+
+
+def test_a_whole_output_of_other_options_is_refused_by_its_fingerprint_file(tmp_path):
+    other = {**OURS, "options": {**OURS["options"], "truncation_direction": "left"}}
+    part_file(tmp_path / "old" / "part-a.parquet", ["x"], OURS)  # its files would pass...
+    (tmp_path / "old" / "_embedpipe.json").write_text(json.dumps(other))  # ...its output not
+    index, sources = open_cache([str(tmp_path / "old")], OURS, tmp_path / "out")
+    assert len(index.hashes) == 0
+    assert "truncation_direction" in sources[0].skipped[str(tmp_path / "old")]
+
+
+def test_the_output_itself_is_no_cache(tmp_path):
+    with pytest.raises(InputError, match="inside this run's output"):
+        open_cache([str(tmp_path / "out" / "part-*.parquet")], OURS, tmp_path / "out")
+
+
+def tasks_of(*names: str) -> list[Task]:
+    return [Task(n, InputFile(n, n, "parquet", 1, 1), 0, 1) for n in names]
+
+
+def digests(*texts: str | None) -> TextDigest:
+    hashes, missing = text_hashes("", list(texts))
+    return TextDigest(hashes, missing)
+
+
+def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_path):
+    order = tasks_of("t0", "t1", "t2")
+    texts = {"t0": digests("a", "b"), "t1": digests("b", "c", "c"), "t2": digests("c", "a", "d")}
+    usable = {t: np.ones(len(d.hashes), bool) for t, d in texts.items()}
+    plan = plan_reuse(order, texts, usable, CacheIndex())
+    assert plan["t0"].owners == ()
+    assert plan["t1"].owners == ("t0",)  # b; c repeats inside t1, which embeds it once
+    assert plan["t2"].owners == ("t0", "t1")  # a from t0, c from t1
+
+
+def test_a_cached_text_is_copied_and_an_unusable_row_owns_nothing(tmp_path):
+    cached = part_file(tmp_path / "old" / "part-x.parquet", ["a"], OURS)
+    index, _ = open_cache([str(cached.parent)], OURS, tmp_path / "out")
+    order = tasks_of("t0", "t1")
+    texts = {"t0": digests("a", "b", None), "t1": digests("a", "b")}
+    # b's row in t0 has a repeated id: it is rejected, so t1 must embed b itself
+    usable = {"t0": np.array([True, False, True]), "t1": np.ones(2, bool)}
+    plan = plan_reuse(order, texts, usable, index)
+    assert plan["t0"].cache_files == plan["t1"].cache_files == (str(cached),)
+    assert plan["t1"].owners == ()
