@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import Config, ConfigError, InputConfig
+from pipelines.earlier import check_not_output
 from pipelines.planning import Task, plan_tasks, require_columns
 from pipelines.readers import InputError, InputFile, list_inputs
 from pipelines.task import TaskSpec
@@ -65,6 +66,8 @@ class Job:
 def prepare(config: Config) -> Job:
     inp = config.input
     check_paths(inp.path, config.output.path)
+    for path in config.run.cache_from:
+        check_not_output(path, config.output.path)
     model_dir = ensure_model(config)
     card = read_card(model_dir)
     files = require_columns(list_inputs(inp.path), required_columns(inp), inp.text_column)

@@ -8,6 +8,7 @@ file recorded, which the same text and options give again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from workers.text_hash import HASH_DTYPE
 
 if TYPE_CHECKING:  # only actors run this, and only they load the embedder
     from workers import Embedder
+
+log = logging.getLogger(__name__)
 
 COPIED = ["text_hash", "embedding", "n_tokens", "truncated"]
 
@@ -63,7 +66,8 @@ def read_known(files: Sequence[str], wanted: np.ndarray) -> Known:
     for name in files:
         try:
             found = _read_matching(name, wanted)
-        except OSError:  # gone since the driver planned: those rows are embedded instead
+        except (OSError, ValueError) as err:  # gone or damaged since the driver planned
+            log.warning("not copying from %s (%s): its rows are embedded instead", name, err)
             continue
         if found is not None:
             parts.append(found)

@@ -27,7 +27,8 @@ def describe(out: Path) -> str:
         f"{out}: {'complete' if (out / SUCCESS_FILE).exists() else 'not complete'}",
         f"tasks: {len(done)} done, {len(failed)} failed, {total - len(done) - len(failed)} "
         f"remaining of {total}",
-        f"rows: {counts['rows_embedded']:,} embedded, {counts['rows_rejected']:,} rejected; "
+        f"rows: {counts['rows_embedded']:,} embedded, {counts['rows_from_cache']:,} from cache, "
+        f"{counts['rows_deduplicated']:,} deduplicated, {counts['rows_rejected']:,} rejected; "
         f"tokens: {counts['tokens']:,}",
         f"model: {model['source']} (sha256 {model['onnx_sha256'][:12]})",
     ]

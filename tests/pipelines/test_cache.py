@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.run import run_job
 from workers import Embedder
@@ -129,3 +130,17 @@ def test_repeated_texts_within_and_across_shards_are_embedded_once(
     assert np.stack(parts["embedding"].to_numpy()).tobytes() == expected.tobytes()
     digest = [hashlib.blake2b(texts[k].encode(), digest_size=16).digest() for k in parts["id"]]
     assert [bytes(h) for h in parts["text_hash"]] == digest
+
+
+def test_cache_from_inside_the_output_is_refused_before_anything_is_written(
+    tmp_path, minilm_dir, distinct_texts, capsys
+):
+    corpus = write_corpus(tmp_path / "in", [(f"d{i}", distinct_texts[i]) for i in range(8)])
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        f"model: {{source: {minilm_dir}}}\ninput: {{path: {corpus}}}\n"
+        f"output: {{path: {tmp_path / 'out'}}}\n"
+    )
+    assert main(["run", str(conf), f"run.cache_from=[{tmp_path / 'out'}]"]) == 2
+    assert "inside this run's output.path" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
