@@ -31,7 +31,7 @@ def test_longest_first_and_sorted_within_batches():
 
 def test_extreme_budgets():
     assert all(len(b) == 1 for b in plan_batches(LENGTHS, 1))
-    assert len(plan_batches(LENGTHS, 10**7)) == 1
+    assert len(plan_batches(np.full(500, 17), 10**7)) == 1  # equal lengths: one batch
     with pytest.raises(ValueError, match="max_batch_tokens"):
         plan_batches(LENGTHS, 0)
 
@@ -54,3 +54,11 @@ def test_a_lone_row_is_run_beside_a_copy_of_itself():
 def test_the_budget_counts_the_padded_width():
     # 5 tokens pad to 8: a budget of 16 holds two such rows, not three
     assert [len(b) for b in plan_batches(np.array([5, 5, 5]), 16)] == [2, 1]
+
+
+def test_a_batch_holds_no_text_much_shorter_than_its_width():
+    lengths = np.array([100, 95, 71, 69, 40, 30, 29, 3])
+    batches = [lengths[b].tolist() for b in plan_batches(lengths, 10**6)]
+    assert batches == [[100, 95, 71], [69], [40, 30, 29], [3]]
+    for batch in batches:
+        assert min(batch) >= 0.7 * max(batch)
