@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipelines.readers import InputError
 from pipelines.state import FINGERPRINT_FILE, diff
 from pipelines.writers import FINGERPRINT_KEY, hashes_of
-from workers.text_hash import HASH_DTYPE
+from workers.text_hash import HASH_DTYPE, locate
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,10 @@ class CacheIndex:
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """Per digest, the number of a file that holds it, or -1."""
-        if len(self.hashes) == 0:
-            return np.full(len(hashes), -1, dtype=np.int32)
-        at = np.searchsorted(self.hashes, hashes)
-        at_clipped = np.minimum(at, len(self.hashes) - 1)
-        found = self.hashes[at_clipped] == hashes
-        return np.where(found, self.file_of[at_clipped], -1).astype(np.int32)
+        at = locate(self.hashes, hashes)
+        files = np.full(len(hashes), -1, dtype=np.int32)
+        files[at >= 0] = self.file_of[at[at >= 0]]
+        return files
 
 
 def open_cache(

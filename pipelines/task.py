@@ -86,17 +86,18 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     live_texts = [texts[i] for i in live]
     hashes, _ = text_hashes(spec.prompt, live_texts)
     result = resolve(embedder, spec, live_texts, hashes)
-    for i, error in zip(live, result.errors, strict=True):
+    found = result.rows
+    for i, error in zip(live, found.errors, strict=True):
         reasons[i] = error
     embed_s, clock = time.perf_counter() - clock, time.perf_counter()
-    ok = np.array([e is None for e in result.errors], dtype=bool)
+    ok = found.ok
     rows = [live[i] for i in np.flatnonzero(ok)]
     kept = frame.select(list(spec.keep_columns)).to_arrow()
     table = embeddings_table(
         [str(ids[i]) for i in rows],
-        result.vectors[ok],
-        result.n_tokens[ok],
-        result.truncated[ok],
+        found.vectors[ok],
+        found.n_tokens[ok],
+        found.truncated[ok],
         hashes[ok],
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
@@ -112,7 +113,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
         tokens=result.tokens,  # the model's: copied rows cost none
         # "device" is the part of "embed" spent running the model; the rest is tokenizing and
         # waiting for the other task of the actor to release the device.
-        seconds={"read": read_s, "embed": embed_s, "device": result.device_s, "write": write_s},
+        seconds={"read": read_s, "embed": embed_s, "device": found.device_s, "write": write_s},
         files=files,
         input_key=task.file.key,
         input_size=task.file.size,
@@ -124,8 +125,8 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
 def resolve(embedder: Embedder, spec: TaskSpec, texts: list[object], hashes: Any) -> Resolved:
     if not spec.use_cache:
         return embed_all(embedder, texts, spec.options)
-    cache = read_known(spec.cache_files, hashes)
-    run = read_known(spec.run_files, hashes)
+    cache = read_known(spec.cache_files, hashes, embedder.card.dim)
+    run = read_known(spec.run_files, hashes, embedder.card.dim)
     return embed_or_copy(embedder, texts, hashes, spec.options, cache, run)
 
 

@@ -6,16 +6,17 @@ only needs the options) should not carry.
 
 from typing import TYPE_CHECKING, Any
 
+from workers.embeddings import Embeddings
 from workers.options import EmbedOptions, OptionError
 
 if TYPE_CHECKING:
-    from workers.embedder import Embedder, Embeddings
+    from workers.embedder import Embedder
 
 __all__ = ["EmbedOptions", "Embedder", "Embeddings", "OptionError"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Embedder", "Embeddings"):
+    if name == "Embedder":
         from workers import embedder
 
         return getattr(embedder, name)

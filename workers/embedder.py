@@ -15,12 +15,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from workers.batching import MIN_ROWS, pad_batch, plan_batches
+from workers.embeddings import Embeddings
 from workers.finish import l2_normalize
 from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, ModelCard, check_files, read_card
 from workers.options import EmbedOptions
@@ -28,28 +28,6 @@ from workers.prepare import Prepared, TextPreparer
 from workers.session import OnnxSession
 
 DEFAULT_MAX_BATCH_TOKENS = 2048
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    vectors: np.ndarray  # (n, dim) float32; NaN rows for rejected texts
-    n_tokens: np.ndarray  # (n,) int32; for a too-long reject, the tokens it would have needed
-    truncated: np.ndarray  # (n,) bool
-    errors: tuple[str | None, ...]  # why each text was rejected, None where embedded
-    device_s: float = 0.0  # seconds this call held the device (the rest is the device's idle)
-
-    @property
-    def ok(self) -> np.ndarray:
-        return np.array([e is None for e in self.errors], dtype=bool)
-
-    def rows(self, start: int, stop: int) -> Embeddings:
-        """The texts start..stop of this result (the device time stays with the whole)."""
-        return Embeddings(
-            self.vectors[start:stop],
-            self.n_tokens[start:stop],
-            self.truncated[start:stop],
-            self.errors[start:stop],
-        )
 
 
 class Embedder:

@@ -39,3 +39,11 @@ def text_hashes(prompt: str, texts: Sequence[object]) -> tuple[np.ndarray, np.nd
         if not missing[row]:
             digests[row] = text_hash(prompt, str(text))
     return digests, missing
+
+
+def locate(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Per wanted digest, its position in `sorted_hashes`, or -1 where it is not there."""
+    if len(sorted_hashes) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_hashes, wanted), len(sorted_hashes) - 1)
+    return np.where(sorted_hashes[at] == wanted, at, -1)

@@ -42,25 +42,29 @@ def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, e
     earlier = write_part(tmp_path / "t0.parquet", ["gamma"], 0.25)
     gone, damaged = tmp_path / "gone.parquet", tmp_path / "damaged.parquet"
     damaged.write_bytes(b"not parquet")
-    cache = read_known([cached, str(gone), str(damaged)], hashes)
-    run = read_known([earlier], hashes)
+    cache = read_known([cached, str(gone), str(damaged)], hashes, 384)
+    run = read_known([earlier], hashes, 384)
 
     found = embed_or_copy(embedder, texts, hashes, EmbedOptions(), cache, run)
     assert (found.embedded, found.from_cache, found.deduplicated) == (1, 1, 3)
-    assert found.errors == (None, None, None, "text is null", None, None)
-    assert np.all(found.vectors[1] == 0.5) and found.n_tokens[1] == 9 and found.truncated[1]
-    assert np.all(found.vectors[4] == 0.25)
+    assert found.rows.errors == (None, None, None, "text is null", None, None)
+    assert (
+        np.all(found.rows.vectors[1] == 0.5)
+        and found.rows.n_tokens[1] == 9
+        and found.rows.truncated[1]
+    )
+    assert np.all(found.rows.vectors[4] == 0.25)
     alpha = embedder.embed(["alpha"]).vectors[0]
     for row in (0, 2, 5):
-        assert found.vectors[row].tobytes() == alpha.tobytes()
+        assert found.rows.vectors[row].tobytes() == alpha.tobytes()
     assert found.tokens == embedder.embed(["alpha"]).n_tokens[0]
 
 
 def test_everything_copied_runs_no_model(tmp_path, embedder):
     texts = ["beta", "beta"]
     hashes, _ = text_hashes("", texts)
-    cache = read_known([write_part(tmp_path / "old.parquet", ["beta"], 0.5)], hashes)
-    empty = read_known([], hashes)
+    cache = read_known([write_part(tmp_path / "old.parquet", ["beta"], 0.5)], hashes, 384)
+    empty = read_known([], hashes, 384)
     found = embed_or_copy(embedder, texts, hashes, EmbedOptions(), cache, empty)
     assert (found.embedded, found.from_cache, found.deduplicated, found.tokens) == (0, 2, 0, 0)
-    assert found.device_s == 0.0 and np.all(found.vectors == 0.5)
+    assert found.rows.device_s == 0.0 and np.all(found.rows.vectors == 0.5)

@@ -82,3 +82,13 @@ def test_id_problems_are_nulls_and_the_repeats_given():
         "id 'x' repeats row 100 of f.csv",
         None,
     ]
+
+
+def test_the_driver_side_imports_no_onnxruntime():
+    # the driver only plans and collects; loading onnxruntime there costs memory and start-up
+    import subprocess
+    import sys
+
+    probe = "import sys, pipelines.run; print('onnxruntime' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert found.stdout.strip() == "False", found.stderr
