@@ -1,28 +1,28 @@
 """Repeated ids across the whole run, found without the driver reading any text.
 
-Before embedding, each actor reads only its task's id column and returns a 128-bit blake2b
-digest per id (16 bytes a row: 16 MB for a million rows in the driver), cached under
-`_state/ids/` so a rerun does not read the ids again. The driver then marks every occurrence after
+Before embedding, each actor reads its task's id column (under use_cache with its text column, in
+the same read, for reuse.py) and returns a 128-bit blake2b digest per id (16 bytes a row: 16 MB
+for a million rows in the driver), cached under `_state/ids/` so a rerun does not read the ids
+again. The driver then marks every occurrence after
 the first (in plan order: files sorted, rows in order) as a repeat. At 128 bits two different ids
 collide with a probability near 1e-20 for a billion rows.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
-from pipelines.faults import check_write
 from pipelines.planning import Task
 from pipelines.readers import read_rows
 from pipelines.reuse import TextDigest, task_texts
-
-log = logging.getLogger(__name__)
+from pipelines.state import cached_arrays
 
 
 @dataclass(frozen=True)
@@ -42,30 +42,15 @@ def digest_ids(values: list[str | None]) -> IdDigest:
     return IdDigest("", digests, null)
 
 
-def task_digest(task: Task, id_column: str, out: str) -> IdDigest:
+def task_digest(task: Task, out: str, read_ids: Callable[[], list[object]]) -> IdDigest:
     """Runs on an actor: the task's id digests, from the cache when an earlier run made them."""
-    cache = Path(out) / "_state" / "ids" / f"{task.task_id}.npz"
-    if cache.is_file():
-        saved = np.load(cache)
-        return IdDigest(task.task_id, saved["digests"], saved["null"])
-    frame = read_rows(task.file, task.start, task.stop, [id_column])
-    found = digest_ids([None if v is None else str(v) for v in frame[id_column].to_list()])
-    _save(cache, found)
-    return IdDigest(task.task_id, found.digests, found.null)
 
+    def compute() -> dict[str, np.ndarray]:
+        found = digest_ids([None if v is None else str(v) for v in read_ids()])
+        return {"digests": found.digests, "null": found.null}
 
-def _save(cache: Path, found: IdDigest) -> None:
-    """Caches the digests; the cache only saves a rerun the reading, so a full disk here is
-    logged, not fatal."""
-    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, digests=found.digests, null=found.null)
-        check_write(cache)
-        os.replace(tmp, cache)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        log.warning("cannot cache the id digests at %s: %s", cache, err)
+    saved = cached_arrays(Path(out) / "_state" / "ids" / f"{task.task_id}.npz", compute)
+    return IdDigest(task.task_id, saved["digests"], saved["null"])
 
 
 def find_repeats(tasks: list[Task], digests: dict[str, IdDigest]) -> dict[str, dict[int, str]]:
@@ -107,5 +92,14 @@ def digest_on_actor(
     """The id pass as an actor call (the actor passes its embedder first; it is not needed):
     the id digests and, given (text column, prompt), the text digests (use_cache)."""
     task, id_column, out, text = args
-    ids = task_digest(task, id_column, out)
-    return ids, task_texts(task, *text, out) if text else None
+    columns = [id_column, text[0]] if text else [id_column]
+
+    @functools.cache  # one read for both passes, and none when both are cached
+    def rows() -> pl.DataFrame:
+        return read_rows(task.file, task.start, task.stop, columns)
+
+    ids = task_digest(task, out, lambda: rows()[id_column].to_list())
+    if text is None:
+        return ids, None
+    column, prompt = text
+    return ids, task_texts(task, prompt, out, lambda: rows()[column].to_list())

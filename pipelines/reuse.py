@@ -16,20 +16,16 @@ fails for good, it embeds those texts itself (as it does for any text it cannot 
 
 from __future__ import annotations
 
-import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.earlier import CacheIndex
-from pipelines.faults import check_write
 from pipelines.planning import Task
-from pipelines.readers import read_rows
+from pipelines.state import cached_arrays
 from workers.text_hash import HASH_DTYPE, text_hashes
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,30 +42,18 @@ class Reuse:
     owners: tuple[str, ...] = ()  # earlier tasks of this run holding some of its texts
 
 
-def task_texts(task: Task, text_column: str, prompt: str, out: str) -> TextDigest:
+def task_texts(
+    task: Task, prompt: str, out: str, read_texts: Callable[[], list[object]]
+) -> TextDigest:
     """Runs on an actor: the digests of the task's texts, from the cache when an earlier run of
     this output made them (the output's fingerprint fixes the prompt)."""
-    cache = Path(out) / "_state" / "texts" / f"{task.task_id}.npz"
-    if cache.is_file():
-        saved = np.load(cache)
-        return TextDigest(saved["hashes"], saved["missing"])
-    texts = read_rows(task.file, task.start, task.stop, [text_column])[text_column].to_list()
-    hashes, missing = text_hashes(prompt, texts)
-    _save(cache, hashes, missing)
-    return TextDigest(hashes, missing)
 
+    def compute() -> dict[str, np.ndarray]:
+        hashes, missing = text_hashes(prompt, read_texts())
+        return {"hashes": hashes, "missing": missing}
 
-def _save(cache: Path, hashes: np.ndarray, missing: np.ndarray) -> None:
-    """Caches the digests; a full disk here only costs a rerun the reading, so it is logged."""
-    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, hashes=hashes, missing=missing)
-        check_write(cache)
-        os.replace(tmp, cache)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        log.warning("cannot cache the text digests at %s: %s", cache, err)
+    saved = cached_arrays(Path(out) / "_state" / "texts" / f"{task.task_id}.npz", compute)
+    return TextDigest(saved["hashes"], saved["missing"])
 
 
 def plan_reuse(

@@ -16,8 +16,11 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
+
+import numpy as np
 
 from pipelines.faults import check_write
 from workers.model_dir import write_atomic
@@ -119,6 +122,27 @@ class RunState:
         if stray:
             log.info("removed %d unfinished temporary file(s) under %s", len(stray), self.out)
         return len(stray)
+
+
+def cached_arrays(
+    path: Path, compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Arrays an earlier run saved at `path` (digests under _state/), else `compute()`, saved
+    there. The cache only saves a rerun the reading, so a failed save is logged, not fatal."""
+    if path.is_file():
+        with np.load(path) as saved:
+            return {name: saved[name] for name in saved.files}
+    found = compute()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **cast(dict[str, Any], found))  # (numpy's stub types the kwargs as bool)
+        check_write(path)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot cache digests at %s: %s", path, err)
+    return found
 
 
 def totals(done: dict[str, Any]) -> dict[str, int]:
