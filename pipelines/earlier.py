@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.readers import InputError
 from pipelines.state import FINGERPRINT_FILE, diff
 from pipelines.writers import FINGERPRINT_KEY, hashes_of
 from workers.text_hash import HASH_DTYPE, locate
@@ -64,14 +62,13 @@ class CacheIndex:
 
 
 def open_cache(
-    paths: list[str], fingerprint: dict[str, Any], out: Path
+    paths: list[str], fingerprint: dict[str, Any]
 ) -> tuple[CacheIndex, list[CacheSource]]:
     """The index over every reusable part file under `paths`, and what each path gave."""
     files: list[str] = []
     digests: list[np.ndarray] = []
     sources = []
     for path in paths:
-        check_not_output(path, out)
         source, found = _scan(path, fingerprint)
         sources.append(source)
         for name, hashes in found:
@@ -87,15 +84,6 @@ def open_cache(
     file_of = np.concatenate([np.full(len(d), i, np.int32) for i, d in enumerate(digests)])
     order = np.argsort(hashes, kind="stable")
     return CacheIndex(tuple(files), hashes[order], file_of[order]), sources
-
-
-def check_not_output(path: str, out: Path) -> None:
-    root = Path(re.split(r"[*?[]", path)[0] or ".")  # a glob: the directory it starts from
-    if root.resolve().is_relative_to(out.resolve()):
-        raise InputError(
-            f"run.cache_from names {path}, inside this run's output.path {out}: a rerun keeps "
-            "its own finished tasks already. Remove it from run.cache_from"
-        )
 
 
 def _scan(path: str, fingerprint: dict[str, Any]) -> tuple[CacheSource, list[tuple[str, Any]]]:

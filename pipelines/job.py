@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 from pipelines.config import Config, ConfigError, InputConfig
-from pipelines.earlier import check_not_output
 from pipelines.planning import Task, plan_tasks, require_columns
 from pipelines.readers import InputError, InputFile, list_inputs
 from pipelines.task import TaskSpec
@@ -66,8 +65,7 @@ class Job:
 def prepare(config: Config) -> Job:
     inp = config.input
     check_paths(inp.path, config.output.path)
-    for path in config.run.cache_from:
-        check_not_output(path, config.output.path)
+    check_cache_paths(config.run.cache_from, config.output.path)
     model_dir = ensure_model(config)
     card = read_card(model_dir)
     files = require_columns(list_inputs(inp.path), required_columns(inp), inp.text_column)
@@ -91,8 +89,7 @@ def check_paths(input_path: str, output_path: Path) -> None:
     """Refuses an output the input listing would find (a rerun would embed its own part files)
     and an input inside the output. A glob is judged by the directory it starts from."""
     out = output_path.resolve()
-    static = Path(re.split(r"[*?[]", input_path)[0])
-    root = (static if static.is_dir() or static == Path(input_path) else static.parent).resolve()
+    root = path_root(input_path)
     if root.is_relative_to(out):
         raise InputError(
             f"input.path {input_path!r} is inside output.path {output_path}: the run would "
@@ -105,6 +102,23 @@ def check_paths(input_path: str, output_path: Path) -> None:
             "its own part files as input. Set output.path outside the input (or under a "
             "directory whose name starts with '_', which the input listing skips)"
         )
+
+
+def check_cache_paths(paths: list[str], output_path: Path) -> None:
+    """Refuses a run.cache_from inside this run's own output."""
+    for path in paths:
+        if path_root(path).is_relative_to(output_path.resolve()):
+            raise InputError(
+                f"run.cache_from names {path}, inside this run's output.path {output_path}: a "
+                "rerun keeps its own finished tasks already. Remove it from run.cache_from"
+            )
+
+
+def path_root(path: str) -> Path:
+    """The directory a path or glob stands for: itself, or for a glob the directory it starts
+    from."""
+    static = Path(re.split(r"[*?[]", path)[0])
+    return (static if static.is_dir() or static == Path(path) else static.parent).resolve()
 
 
 def ensure_model(config: Config) -> Path:

@@ -60,7 +60,7 @@ def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
         state.clear_success()
         state.sweep_temporaries()
         todo = pending(job, state)
-        index, sources = open_cache(job, state.out) if todo else (CacheIndex(), [])
+        index, sources = open_cache(job) if todo else (CacheIndex(), [])
         usage = run_tasks(job, state, todo, stop, index) if todo else {}
         report = build_report(job, state, time.monotonic() - started, usage)
         report["cache"] = {
@@ -78,11 +78,11 @@ def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
         state.release()
 
 
-def open_cache(job: Job, out: Path) -> tuple[CacheIndex, list[CacheSource]]:
+def open_cache(job: Job) -> tuple[CacheIndex, list[CacheSource]]:
     run = job.config.run
     if not (run.use_cache and run.cache_from):
         return CacheIndex(), []
-    return earlier.open_cache(run.cache_from, job.fingerprint, out)
+    return earlier.open_cache(run.cache_from, job.fingerprint)
 
 
 def pending(job: Job, state: RunState) -> list[Task]:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.earlier import CacheIndex, open_cache
+from pipelines.job import check_cache_paths
 from pipelines.planning import Task
 from pipelines.readers import InputError, InputFile
 from pipelines.reuse import TextDigest, plan_reuse
@@ -64,7 +65,6 @@ def test_only_files_of_the_same_model_and_options_are_indexed(tmp_path):
     index, sources = open_cache(
         [str(old), str(tmp_path / "raw" / "*.parquet"), str(tmp_path / "nowhere")],
         OURS,
-        tmp_path / "out",
     )
     assert [(s.files, s.rows) for s in sources] == [(2, 3), (0, 0), (0, 0)]
     assert "onnx_sha256" in sources[0].skipped[str(old / "part-c.parquet")]
@@ -86,14 +86,14 @@ def test_a_whole_output_of_other_options_is_refused_by_its_fingerprint_file(tmp_
     other = {**OURS, "options": {**OURS["options"], "truncation_direction": "left"}}
     part_file(tmp_path / "old" / "part-a.parquet", ["x"], OURS)  # its files would pass...
     (tmp_path / "old" / "_embedpipe.json").write_text(json.dumps(other))  # ...its output not
-    index, sources = open_cache([str(tmp_path / "old")], OURS, tmp_path / "out")
+    index, sources = open_cache([str(tmp_path / "old")], OURS)
     assert len(index.hashes) == 0
     assert "truncation_direction" in sources[0].skipped[str(tmp_path / "old")]
 
 
 def test_the_output_itself_is_no_cache(tmp_path):
     with pytest.raises(InputError, match="inside this run's output"):
-        open_cache([str(tmp_path / "out" / "part-*.parquet")], OURS, tmp_path / "out")
+        check_cache_paths([str(tmp_path / "out" / "part-*.parquet")], tmp_path / "out")
 
 
 def tasks_of(*names: str) -> list[Task]:
@@ -117,7 +117,7 @@ def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_pat
 
 def test_a_cached_text_is_copied_and_an_unusable_row_owns_nothing(tmp_path):
     cached = part_file(tmp_path / "old" / "part-x.parquet", ["a"], OURS)
-    index, _ = open_cache([str(cached.parent)], OURS, tmp_path / "out")
+    index, _ = open_cache([str(cached.parent)], OURS)
     order = tasks_of("t0", "t1")
     texts = {"t0": digests("a", "b", None), "t1": digests("a", "b")}
     # b's row in t0 has a repeated id: it is rejected, so t1 must embed b itself
