@@ -84,3 +84,13 @@ def parity_texts() -> list[str]:
     """557 stdlib docstrings spread over the length range; 74 are over 256 tokens."""
     texts: list[str] = json.loads((DATA / "parity_texts.json").read_text())["texts"]
     return texts
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for one test module (`pytestmark = usefixtures("local_ray")`)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -30,13 +30,7 @@ HUGE = 10_000_000  # characters in the 10 MB document
 LATIN1 = "café crème".encode("latin-1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def rows(prefix: str, n: int) -> list[dict]:

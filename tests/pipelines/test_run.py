@@ -26,13 +26,7 @@ from workers import Embedder
 ROWS_PER_SHARD = 30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def make_corpus(root: Path, texts: list[str]) -> Path:
