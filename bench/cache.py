@@ -15,17 +15,13 @@ both and do not grow with the corpus. The two outputs' part files are compared b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
-from common import CORPUS, MINILM, ROOT, exported, load_texts, write_result
+from common import CORPUS, MINILM, ROOT, drive, exported, load_texts, write_result, write_shards
 
 SHARDS = 8
 
@@ -39,15 +35,15 @@ def main() -> None:
     edited = list(texts)
     for i in changed:
         edited[i] = texts[i] + " (revised)"
-    last_week = write_shards(texts, work / "week1")
-    this_week = write_shards(edited, work / "week2")
-    first = drive(args, model, last_week, work / "out-week1")
+    last_week = write_shards(texts, len(texts), SHARDS, work / "week1")
+    this_week = write_shards(edited, len(edited), SHARDS, work / "week2")
+    first = run(args, model, last_week, work / "out-week1")
     print(f"last week: {first['seconds']:.1f} s", file=sys.stderr)
     full, cached = [], []
     for _ in range(args.repeats):
-        full.append(drive(args, model, this_week, work / "out-full", "run.use_cache=false"))
+        full.append(run(args, model, this_week, work / "out-full", "run.use_cache=false"))
         cached.append(
-            drive(args, model, this_week, work / "out-cached", f"run.cache_from=[{work}/out-week1]")
+            run(args, model, this_week, work / "out-cached", f"run.cache_from=[{work}/out-week1]")
         )
         print(
             f"full {full[-1]['seconds']:.1f} s, re-index {cached[-1]['seconds']:.1f} s",
@@ -99,34 +95,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def write_shards(texts: list[str], out: Path) -> Path:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    frame = pl.DataFrame({"text": texts}).with_row_index("n")
-    frame = frame.with_columns(pl.format("doc-{}", "n").alias("id")).select("id", "text")
-    per = -(-len(texts) // SHARDS)
-    for k in range(SHARDS):
-        frame.slice(k * per, per).write_parquet(out / f"shard-{k}.parquet")
-    return out
-
-
-def drive(args: argparse.Namespace, model: Path, corpus: Path, out: Path, *overrides: str) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    conf = out.with_suffix(".yaml")
-    conf.write_text(
-        f"model: {{source: {model}}}\n"
-        f"input: {{path: {corpus}}}\n"
-        f"output: {{path: {out}}}\n"
-        "embedding: {max_batch_tokens: 2048}\n"
-        f"workers: {{device: cpu, cpus_per_actor: {args.threads}, num_actors: 1}}\n"
-    )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf), *overrides],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report: dict = json.loads(done.stdout.strip().splitlines()[-1])["report"]
+def run(args: argparse.Namespace, model: Path, corpus: Path, out: Path, *overrides: str) -> dict:
+    """One run, one actor with every thread: its report."""
+    report: dict = drive(model, corpus, out, args.threads, 1, overrides=overrides)["report"]
     return report
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +53,46 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def write_shards(texts: list[str], rows: int, shards: int, out: Path) -> Path:
+    """`rows` documents cycled from texts, ids by row number, in Parquet shards."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    frame = pl.DataFrame({"text": [texts[i % len(texts)] for i in range(rows)]})
+    frame = frame.with_row_index("n").with_columns(pl.format("doc-{}", "n").alias("id"))
+    per = -(-rows // shards)
+    for k in range(shards):
+        part = frame.slice(k * per, per).select("id", "text")
+        part.write_parquet(out / f"shard-{k:03d}.parquet")
+    return out
+
+
+def drive(
+    model_dir: Path,
+    corpus: Path,
+    out: Path,
+    threads: int,
+    actors: int,
+    rows_per_task: int = 20000,
+    overrides: tuple[str, ...] = (),
+) -> dict:
+    """One `embedpipe run` to a fresh `out`, in its own process (bench/drive.py): its report
+    and the driver's peak RSS."""
+    shutil.rmtree(out, ignore_errors=True)
+    conf = out.with_suffix(".yaml")
+    conf.write_text(
+        f"model: {{source: {model_dir}}}\n"
+        f"input: {{path: {corpus}, rows_per_task: {rows_per_task}}}\n"
+        f"output: {{path: {out}}}\n"
+        "embedding: {max_batch_tokens: 2048}\n"
+        f"workers: {{device: cpu, cpus_per_actor: {threads}, num_actors: {actors}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf), *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found: dict = json.loads(done.stdout.strip().splitlines()[-1])
+    return found

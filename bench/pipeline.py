@@ -20,17 +20,24 @@ to overlap, and cost 1.9x per row what 100k did.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import polars as pl
-from common import CORPUS, MINILM, ROOT, TINY, exported, load_texts, write_result
+from common import (
+    CORPUS,
+    MINILM,
+    ROOT,
+    TINY,
+    drive,
+    exported,
+    load_texts,
+    write_result,
+    write_shards,
+)
 
 from export.stand_in import build_bert_stand_in
 from workers import Embedder
@@ -60,40 +67,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--sizes", default="10000,100000,1000000")
     return p.parse_args()
-
-
-def write_shards(texts: list[str], rows: int, shards: int, out: Path) -> Path:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    frame = pl.DataFrame({"text": [texts[i % len(texts)] for i in range(rows)]})
-    frame = frame.with_row_index("n").with_columns(pl.format("doc-{}", "n").alias("id"))
-    per = -(-rows // shards)
-    for k in range(shards):
-        part = frame.slice(k * per, per).select("id", "text")
-        part.write_parquet(out / f"shard-{k:03d}.parquet")
-    return out
-
-
-def drive(
-    model_dir: Path, corpus: Path, out: Path, threads: int, actors: int, rows_per_task: int = 20000
-) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    conf = out.with_suffix(".yaml")
-    conf.write_text(
-        f"model: {{source: {model_dir}}}\n"
-        f"input: {{path: {corpus}, rows_per_task: {rows_per_task}}}\n"
-        f"output: {{path: {out}}}\n"
-        "embedding: {max_batch_tokens: 2048}\n"
-        f"workers: {{device: cpu, cpus_per_actor: {threads}, num_actors: {actors}}}\n"
-    )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found: dict = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
 
 
 def efficiency(args: argparse.Namespace, texts: list[str], work: Path) -> dict:
