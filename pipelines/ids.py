@@ -14,7 +14,6 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -22,7 +21,7 @@ import polars as pl
 from pipelines.planning import Task
 from pipelines.readers import read_rows
 from pipelines.reuse import TextDigest, task_texts
-from pipelines.state import cached_arrays
+from pipelines.state import cached_arrays, digest_path
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def task_digest(task: Task, out: str, read_ids: Callable[[], list[object]]) -> I
         found = digest_ids([None if v is None else str(v) for v in read_ids()])
         return {"digests": found.digests, "null": found.null}
 
-    saved = cached_arrays(Path(out) / "_state" / "ids" / f"{task.task_id}.npz", compute)
+    saved = cached_arrays(digest_path(out, "ids", task.task_id, task.file.size), compute)
     return IdDigest(task.task_id, saved["digests"], saved["null"])
 
 

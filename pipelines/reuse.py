@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from pipelines.earlier import CacheIndex
 from pipelines.planning import Task
-from pipelines.state import cached_arrays
+from pipelines.state import cached_arrays, digest_path
 from workers.text_hash import HASH_DTYPE, text_hashes
 
 
@@ -52,7 +51,7 @@ def task_texts(
         hashes, missing = text_hashes(prompt, read_texts())
         return {"hashes": hashes, "missing": missing}
 
-    saved = cached_arrays(Path(out) / "_state" / "texts" / f"{task.task_id}.npz", compute)
+    saved = cached_arrays(digest_path(out, "texts", task.task_id, task.file.size), compute)
     return TextDigest(saved["hashes"], saved["missing"])
 
 

@@ -124,6 +124,12 @@ class RunState:
         return len(stray)
 
 
+def digest_path(out: str | Path, kind: str, task_id: str, input_size: int) -> Path:
+    """Where a task's digests of `kind` are cached: keyed by the input's size as well, the rule
+    the done markers use, so a shard edited between two runs of an output is read again."""
+    return Path(out) / "_state" / kind / f"{task_id}.{input_size}.npz"
+
+
 def cached_arrays(
     path: Path, compute: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipelines.ids import digest_ids, find_repeats
+from pipelines.ids import digest_ids, find_repeats, task_digest
 from pipelines.planning import Task
 from pipelines.readers import InputFile
 
@@ -37,3 +37,25 @@ def test_null_ids_are_never_repeats_and_digests_are_stable():
     assert found.null.tolist() == [True, False, True]
     assert np.array_equal(found.digests, digest_ids([None, "a", None]).digests)
     assert find_repeats([task("a.csv", 0, 3)], {"a.csv-0": found}) == {}
+
+
+def test_a_rerun_reuses_its_id_digests_unless_the_shard_changed_size(tmp_path):
+    out = str(tmp_path / "out")
+
+    def read(ids):
+        def reader():
+            calls.append(ids)
+            return ids
+
+        return reader
+
+    calls: list[list[str]] = []
+    shard = InputFile("a.csv", "a.csv", "csv", 2, 10)
+    task_digest(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
+    again = task_digest(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
+    assert calls == [["a", "b"]], "a rerun read the ids again"
+    assert np.array_equal(again.digests, digest_ids(["a", "b"]).digests)
+    edited = InputFile("a.csv", "a.csv", "csv", 2, 12)
+    found = task_digest(Task("a-0", edited, 0, 2), out, read(["a", "a"]))
+    assert calls[-1] == ["a", "a"], "the edited shard's stale digests were used"
+    assert np.array_equal(found.digests, digest_ids(["a", "a"]).digests)
