@@ -9,7 +9,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-gpu clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -40,10 +40,13 @@ chaos: setup ## a long chaos run: 200 tasks, 30 random SIGKILLs of actors and dr
 	rm -rf build/chaos
 	$(PY) -m tests.chaos --model-dir $$($(PY) -c "from pipelines.config import load_config; print(load_config('$(CONF)').model.export_dir())") --work build/chaos --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS)
 
-bench: bench-embedder bench-pipeline bench-serve bench-cache ## run every benchmark
+bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host ## run every benchmark that needs no GPU
 
 bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
 	$(PY) bench/embedder.py --out bench/results/embedder.json
+
+bench-host: setup ## an actor's CPU side (read, tokenize, write) with a null device, vs the tokenizer alone -> bench/results/host.json
+	$(PY) bench/host.py --out bench/results/host.json
 
 bench-gpu: setup ## on a GPU machine: gte-large's shape in fp16, sentence-transformers vs bare CUDA session vs embedpipe run -> bench/results/gpu.json
 	$(PY) bench/gpu.py --out bench/results/gpu.json
