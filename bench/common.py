@@ -112,6 +112,21 @@ def write_shards(texts: list[str], rows: int, shards: int, out: Path) -> Path:
     return out
 
 
+def write_conf(
+    out: Path, model: Path, corpus: Path, rows_per_task: int, *lines: str, dtype: str = "fp32"
+) -> Path:
+    """A job config beside `out` (out.yaml): `model`, a `dtype` export, over `corpus` into
+    `out`, then the further YAML `lines`."""
+    conf = out.with_suffix(".yaml")
+    head = [
+        f"model: {{source: {model}, dtype: {dtype}}}",
+        f"input: {{path: {corpus}, rows_per_task: {rows_per_task}}}",
+        f"output: {{path: {out}}}",
+    ]
+    conf.write_text("".join(f"{line}\n" for line in [*head, *lines]))
+    return conf
+
+
 def drive(
     model_dir: Path,
     corpus: Path,
@@ -124,13 +139,13 @@ def drive(
     """One `embedpipe run` to a fresh `out`, in its own process (bench/drive.py): its report
     and the driver's peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
-    conf = out.with_suffix(".yaml")
-    conf.write_text(
-        f"model: {{source: {model_dir}}}\n"
-        f"input: {{path: {corpus}, rows_per_task: {rows_per_task}}}\n"
-        f"output: {{path: {out}}}\n"
-        "embedding: {max_batch_tokens: 2048}\n"
-        f"workers: {{device: cpu, cpus_per_actor: {threads}, num_actors: {actors}}}\n"
+    conf = write_conf(
+        out,
+        model_dir,
+        corpus,
+        rows_per_task,
+        "embedding: {max_batch_tokens: 2048}",
+        f"workers: {{device: cpu, cpus_per_actor: {threads}, num_actors: {actors}}}",
     )
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf), *overrides],

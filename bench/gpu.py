@@ -27,8 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-from common import CORPUS, ROOT, TINY, docs_of_tokens, exported, load_texts, write_result
+from common import (
+    CORPUS,
+    ROOT,
+    TINY,
+    docs_of_tokens,
+    exported,
+    load_texts,
+    write_conf,
+    write_result,
+    write_shards,
+)
 
 from export.stand_in import GTE_LARGE, GTE_LARGE_MAX_SEQ_LENGTH, build_bert_stand_in
 from workers import Embedder
@@ -134,25 +143,19 @@ def time_run(model_dir: Path, docs: list[str], work: Path, args: argparse.Namesp
     from pipelines.config import load_config
     from pipelines.run import run_job
 
-    corpus, out = work / "corpus", work / "out"
-    shutil.rmtree(corpus, ignore_errors=True)
+    corpus, out = write_shards(docs, len(docs), 8, work / "corpus"), work / "out"
     shutil.rmtree(out, ignore_errors=True)
-    corpus.mkdir(parents=True)
-    shard = max(len(docs) // 8, 1)
-    for n, start in enumerate(range(0, len(docs), shard)):
-        rows = docs[start : start + shard]
-        ids = [f"d{start + i}" for i in range(len(rows))]
-        pl.DataFrame({"id": ids, "text": rows}).write_parquet(corpus / f"part-{n:02d}.parquet")
-    conf = work / "run.yaml"
-    conf.write_text(
-        f"model: {{source: {model_dir}, dtype: fp16}}\n"
-        f"input: {{path: {corpus}, rows_per_task: 2000}}\n"
-        f"output: {{path: {out}}}\n"
-        f"embedding: {{max_batch_tokens: {args.batch_tokens}}}\n"
-        f"workers: {{device: {args.device}, num_actors: 1, cpus_per_actor: 4}}\n"
+    conf = write_conf(
+        out,
+        model_dir,
+        corpus,
+        2000,
+        f"embedding: {{max_batch_tokens: {args.batch_tokens}}}",
+        f"workers: {{device: {args.device}, num_actors: 1, cpus_per_actor: 4}}",
         # Every document through the model, as sentence-transformers does: the count is the same
         # for the three, whatever texts the corpus happens to repeat.
-        "run: {use_cache: false}\n"
+        "run: {use_cache: false}",
+        dtype="fp16",
     )
     report = run_job(load_config(conf))
     assert report["tasks_done"] == report["tasks_total"], report

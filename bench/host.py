@@ -37,6 +37,7 @@ from common import (
     docs_of_tokens,
     exported,
     load_texts,
+    write_conf,
     write_result,
     write_shards,
 )
@@ -136,13 +137,7 @@ def time_host(
 ) -> tuple[float, list[TaskResult]]:
     """Every task of a fresh output through run_task, CONCURRENT_TASKS at a time."""
     shutil.rmtree(out, ignore_errors=True)
-    conf = out.with_suffix(".yaml")
-    conf.write_text(
-        f"model: {{source: {model}}}\n"
-        f"input: {{path: {corpus}, rows_per_task: {task_rows}}}\n"
-        f"output: {{path: {out}}}\n"
-    )
-    job = prepare(load_config(conf))
+    job = prepare(load_config(write_conf(out, model, corpus, task_rows)))
     clock = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENT_TASKS) as pool:
         results = list(pool.map(lambda t: run_task(embedder, job.spec(t)), job.tasks))
