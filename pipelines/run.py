@@ -87,20 +87,28 @@ def open_cache(job: Job) -> tuple[CacheIndex, list[CacheSource]]:
 
 def pending(job: Job, state: RunState) -> list[Task]:
     done = state.done()
-    return [t for t in job.tasks if not _still_done(t, done.get(t.task_id), state.out)]
+    check_inputs_unchanged(job, done, state.out)
+    return [t for t in job.tasks if not _still_done(done.get(t.task_id), state.out)]
 
 
-def _still_done(task: Task, marker: dict[str, Any] | None, out: Path) -> bool:
-    if marker is None:
-        return False
-    embedded_size = marker["input"]["size"]
-    if embedded_size != task.file.size:
-        raise StateError(
-            f"{task.file.path} changed since task {task.task_id} embedded it (size "
-            f"{embedded_size} then, {task.file.size} now); its vectors in {out} would be stale. "
-            "Write to a new output.path"
-        )
-    return all((out / f["path"]).is_file() for f in marker["files"])
+def check_inputs_unchanged(job: Job, done: dict[str, Any], out: Path) -> None:
+    """Refuses to go on where a shard changed size since one of its tasks was done: its part
+    files would be stale, and where its row count changed, the new plan's tasks would embed its
+    rows a second time beside the old tasks' part files. Checks every done marker, planned or
+    not, for that reason."""
+    files = {f.key: f for f in job.files}
+    for task_id, marker in sorted(done.items()):
+        key, size = marker["input"]["key"], marker["input"]["size"]
+        if key in files and files[key].size != size:
+            raise StateError(
+                f"{files[key].path} changed since task {task_id} embedded it (size {size} "
+                f"then, {files[key].size} now); its vectors in {out} would be stale. "
+                "Write to a new output.path"
+            )
+
+
+def _still_done(marker: dict[str, Any] | None, out: Path) -> bool:
+    return marker is not None and all((out / f["path"]).is_file() for f in marker["files"])
 
 
 def _plan_entry(task: Task) -> dict[str, Any]:

@@ -189,6 +189,20 @@ def test_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_completes(job_conf,
     assert len(parts) + len(rejects) == 6 * ROWS_PER_SHARD
 
 
+def test_a_shard_grown_since_its_task_was_done_is_refused_not_embedded_twice(
+    job_conf, tmp_path, capsys
+):
+    path, over = job_conf(**{"input.rows_per_task": 100})  # one task per shard: rows 0-30
+    assert main(["run", str(path), *over]) == 0
+    before = len(read_output(tmp_path / "out")[0])
+    with (tmp_path / "in" / "s4.csv").open("a") as shard:
+        shard.write("doc-9999,a row added after the run,title\n")  # its task is now rows 0-31
+    assert main(["run", str(path), *over]) == 2
+    assert "s4.csv changed since task s4_csv-" in capsys.readouterr().err
+    parts, _ = read_output(tmp_path / "out")
+    assert parts["id"].n_unique() == len(parts) == before
+
+
 def test_other_options_on_the_same_output_are_refused(job_conf, capsys):
     path, over = job_conf()
     assert main(["run", str(path), *over]) == 0
