@@ -72,7 +72,7 @@ def start_server(model_dir: Path, args: argparse.Namespace) -> str:
         "max_batch_tokens: 2048}\n"
     )
     ray.init(include_dashboard=False, log_to_driver=False)
-    start(load_config(conf), model_dir, blocking=False)
+    start(load_config(conf), model_dir)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

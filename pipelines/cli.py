@@ -312,7 +312,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from pipelines.cluster import connect
     from pipelines.job import ensure_model
-    from pipelines.server import start
+    from pipelines.server import serve_until_stopped
 
     logging.getLogger("pipelines").setLevel(logging.INFO)
     config = load_config(args.config, args.overrides)
@@ -321,15 +321,9 @@ def _serve(args: argparse.Namespace) -> int:
     connect()
     serve = config.serve
     print(f"serving {model_dir} at http://{serve.host}:{serve.port}/ (Ctrl-C stops)", flush=True)
-    try:
-        start(config, model_dir, blocking=True)
-    except KeyboardInterrupt:
-        from ray import serve as ray_serve
-
-        ray_serve.shutdown()
-        print("stopped", flush=True)
-        return 130
-    return 0
+    code = serve_until_stopped(config, model_dir)
+    print("stopped", flush=True)
+    return code
 
 
 def _status(args: argparse.Namespace) -> int:

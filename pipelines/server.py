@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse
 from pipelines.api import ApiError
 from pipelines.config import Config, ServeConfig
 from pipelines.endpoint import Endpoint, ModelLoader
+from pipelines.interrupt import SIGNALS
 from workers import EmbedOptions
 from workers.model_dir import MODEL_FILE, read_card
 
@@ -157,7 +159,28 @@ def application(config: Config, model_dir: Path) -> Any:
     )
 
 
-def start(config: Config, model_dir: Path, blocking: bool = True) -> None:
-    """Starts Ray Serve on serve.host:serve.port with the endpoint at '/'."""
+def start(config: Config, model_dir: Path) -> None:
+    """Starts Ray Serve on serve.host:serve.port with the endpoint at '/'; returns once the
+    application is running."""
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    serve.run(application(config, model_dir), name="embedpipe", route_prefix="/", blocking=blocking)
+    serve.run(application(config, model_dir), name="embedpipe", route_prefix="/")
+
+
+def serve_until_stopped(config: Config, model_dir: Path) -> int:
+    """Serves until SIGINT or SIGTERM, then shuts Serve down; returns the shell's exit code for
+    that signal (130, 143). The handlers are our own, as `embedpipe run`'s are: a process started
+    in the background of a shell without job control (`nohup embedpipe serve ... &`, a CI
+    script) inherits SIGINT ignored, Python then raises no KeyboardInterrupt, and the server was
+    deaf to the Ctrl-C or `kill -INT` meant to stop it. A signal only sets a flag, so one that
+    lands while Serve starts stops the server once it is up, not inside Ray's start-up code."""
+    got: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in SIGNALS}
+    try:
+        start(config, model_dir)
+        while not got:
+            time.sleep(0.1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        serve.shutdown()
+    return 128 + got[0]

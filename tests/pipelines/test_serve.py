@@ -78,7 +78,7 @@ def server(tmp_path_factory, minilm_dir):
     )
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
-        start(load_config(conf), minilm_dir, blocking=False)
+        start(load_config(conf), minilm_dir)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url)
         yield url

@@ -11,14 +11,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.pipelines.test_serve import free_port, post, wait_healthy
 
 
-@pytest.mark.slow
-def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
+def serve_command(tmp_path, minilm_dir) -> tuple[subprocess.Popen, str]:
+    """`embedpipe serve` started as a user starts it, logging to tmp_path/serve.log."""
     tokens = tmp_path / "tokens"
     tokens.write_text("# one token a line\nfile-token\n\n")
     conf = tmp_path / "serve.yaml"
@@ -30,11 +31,18 @@ def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
     port = free_port()
     command = [sys.executable, "-m", "pipelines.cli", "serve", str(conf)]
     overrides = [f"serve.port={port}", f"serve.api_tokens={tokens}"]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([*command, *overrides], stdout=log, stderr=subprocess.STDOUT, env=env)
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*command, *overrides], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.slow
+def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
+    proc, url = serve_command(tmp_path, minilm_dir)
     try:
-        url = f"http://127.0.0.1:{port}"
         wait_healthy(url, alive=lambda: proc.poll() is None)
         body = json.dumps({"inputs": ["served"]}).encode()
         assert post(url, body)[0] == 401
@@ -45,5 +53,22 @@ def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
     assert "serving" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_server_starts_stops_it_once_up(tmp_path, minilm_dir):
+    """The signal is held while Serve starts, and stops the server once it is up."""
+    proc, _ = serve_command(tmp_path, minilm_dir)
+    log = tmp_path / "serve.log"
+    try:
+        deadline = time.monotonic() + 120
+        while "serving" not in log.read_text():  # printed just before Serve starts
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopped" in log.read_text()
