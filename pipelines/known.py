@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipelines.reuse import TextDigest
 from pipelines.writers import hashes_of
 from workers import Embeddings, EmbedOptions
 from workers.text_hash import HASH_DTYPE, locate
@@ -108,14 +109,14 @@ def embed_all(embedder: Embedder, texts: list[object], options: EmbedOptions) ->
 def embed_or_copy(
     embedder: Embedder,
     texts: list[object],
-    hashes: np.ndarray,
+    digest: TextDigest,
     options: EmbedOptions,
     cache: Known,
     run: Known,
 ) -> Resolved:
     """Rows from the cache, then from this run's other part files, the rest embedded once per
     distinct text (a text that cannot be hashed is embedded on its own, to get its reason)."""
-    hashable = np.array([isinstance(t, str) and bool(t) for t in texts], dtype=bool)
+    hashes, hashable = digest.hashes, ~digest.missing
     from_cache = np.where(hashable, cache.find(hashes), -1)
     from_run = np.where(hashable & (from_cache < 0), run.find(hashes), -1)
     rest = np.flatnonzero((from_cache < 0) & (from_run < 0))

@@ -19,6 +19,7 @@ import pyarrow as pa
 from pipelines.known import Resolved, embed_all, embed_or_copy, read_known
 from pipelines.planning import Task
 from pipelines.readers import read_rows
+from pipelines.reuse import TextDigest
 from pipelines.writers import embeddings_table, partitions, rejects_table, write_parquet_atomic
 from workers import EmbedOptions
 from workers.text_hash import text_hashes
@@ -84,8 +85,8 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     live = [i for i, r in enumerate(reasons) if r is None]
     texts = frame[spec.text_column].to_list()
     live_texts = [texts[i] for i in live]
-    hashes, _ = text_hashes(spec.prompt, live_texts)
-    result = resolve(embedder, spec, live_texts, hashes)
+    digest = TextDigest(*text_hashes(spec.prompt, live_texts))
+    result = resolve(embedder, spec, live_texts, digest)
     found = result.rows
     for i, error in zip(live, found.errors, strict=True):
         reasons[i] = error
@@ -98,7 +99,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
         found.vectors[ok],
         found.n_tokens[ok],
         found.truncated[ok],
-        hashes[ok],
+        digest.hashes[ok],
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
     )
@@ -122,12 +123,14 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     )
 
 
-def resolve(embedder: Embedder, spec: TaskSpec, texts: list[object], hashes: Any) -> Resolved:
+def resolve(
+    embedder: Embedder, spec: TaskSpec, texts: list[object], digest: TextDigest
+) -> Resolved:
     if not spec.use_cache:
         return embed_all(embedder, texts, spec.options)
-    cache = read_known(spec.cache_files, hashes, embedder.card.dim)
-    run = read_known(spec.run_files, hashes, embedder.card.dim)
-    return embed_or_copy(embedder, texts, hashes, spec.options, cache, run)
+    cache = read_known(spec.cache_files, digest.hashes, embedder.card.dim)
+    run = read_known(spec.run_files, digest.hashes, embedder.card.dim)
+    return embed_or_copy(embedder, texts, digest, spec.options, cache, run)
 
 
 def id_problems(ids: list[str | None], repeats: dict[int, str]) -> list[str | None]:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.known import embed_or_copy, read_known
+from pipelines.reuse import TextDigest
 from pipelines.writers import embeddings_table, write_parquet_atomic
 from workers import Embedder, EmbedOptions
 from workers.text_hash import text_hashes
@@ -37,7 +38,8 @@ def write_part(path, texts, value, n_tokens=5):
 
 def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, embedder):
     texts = ["alpha", "beta", "alpha", None, "gamma", "alpha"]
-    hashes, _ = text_hashes("", texts)
+    digest = TextDigest(*text_hashes("", texts))
+    hashes = digest.hashes
     cached = write_part(tmp_path / "old.parquet", ["beta", "unrelated"], 0.5, n_tokens=9)
     earlier = write_part(tmp_path / "t0.parquet", ["gamma"], 0.25)
     gone, damaged = tmp_path / "gone.parquet", tmp_path / "damaged.parquet"
@@ -45,7 +47,7 @@ def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, e
     cache = read_known([cached, str(gone), str(damaged)], hashes, 384)
     run = read_known([earlier], hashes, 384)
 
-    found = embed_or_copy(embedder, texts, hashes, EmbedOptions(), cache, run)
+    found = embed_or_copy(embedder, texts, digest, EmbedOptions(), cache, run)
     assert (found.embedded, found.from_cache, found.deduplicated) == (1, 1, 3)
     assert found.rows.errors == (None, None, None, "text is null", None, None)
     assert (
@@ -62,9 +64,10 @@ def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, e
 
 def test_everything_copied_runs_no_model(tmp_path, embedder):
     texts = ["beta", "beta"]
-    hashes, _ = text_hashes("", texts)
+    digest = TextDigest(*text_hashes("", texts))
+    hashes = digest.hashes
     cache = read_known([write_part(tmp_path / "old.parquet", ["beta"], 0.5)], hashes, 384)
     empty = read_known([], hashes, 384)
-    found = embed_or_copy(embedder, texts, hashes, EmbedOptions(), cache, empty)
+    found = embed_or_copy(embedder, texts, digest, EmbedOptions(), cache, empty)
     assert (found.embedded, found.from_cache, found.deduplicated, found.tokens) == (0, 2, 0, 0)
     assert found.rows.device_s == 0.0 and np.all(found.rows.vectors == 0.5)
