@@ -81,18 +81,17 @@ def main() -> None:
     embedder = Embedder(card, preparer, NullDevice(card.dim), max_batch_tokens=args.batch_tokens)
     docs = docs_of_tokens(load_texts(args.corpus), preparer, args.docs)
     corpus = write_shards(docs, len(docs), 8, work / "in")
-    tokenizer_s, host_s, stages = [], [], []
+    tokenizer_s, host_s = [], []
     for _ in range(args.repeats):
-        tokenizer_s.append(time_tokenizer(preparer, docs))
+        seconds, tokens = time_tokenizer(preparer, docs)
+        tokenizer_s.append(seconds)
         seconds, results = time_host(embedder, model, corpus, work / "out", args.task_rows)
         host_s.append(seconds)
-        stages.append(results)
         print(f"tokenizer {tokenizer_s[-1]:.2f} s, host {host_s[-1]:.2f} s", file=sys.stderr)
-    tokens = int(preparer.prepare(docs, EmbedOptions()).n_tokens.sum())
-    written = sum(r.rows - r.rejected for r in stages[-1])
+    written = sum(r.rows - r.rejected for r in results)
     assert written == len(docs), f"the host side wrote {written} of {len(docs)} documents"
     # Under use_cache (the default) a text the task already has is not tokenized twice.
-    host_tokens = sum(r.tokens for r in stages[-1])
+    host_tokens = sum(r.tokens for r in results)
     tok, host = statistics.median(tokenizer_s), statistics.median(host_s)
     write_result(
         args.out,
@@ -106,7 +105,7 @@ def main() -> None:
             "max_batch_tokens": args.batch_tokens,
             "tokenizer_alone": rates(tokenizer_s, tok, tokens, len(docs)),
             "host_side": rates(host_s, host, host_tokens, len(docs)),
-            "host_seconds_per_stage": stage_seconds(stages[-1]),
+            "host_seconds_per_stage": stage_seconds(results),
             "host_share_of_tokenizer": round(host_tokens / host / (tokens / tok), 3),
             "target_tokens_per_s": TARGET_TOKENS_PER_S,
             "headroom": round(host_tokens / host / TARGET_TOKENS_PER_S, 2),
@@ -126,10 +125,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def time_tokenizer(preparer: TextPreparer, docs: list[str]) -> float:
+def time_tokenizer(preparer: TextPreparer, docs: list[str]) -> tuple[float, int]:
+    """Seconds to tokenize the documents, and the tokens they make."""
     clock = time.perf_counter()
-    preparer.prepare(docs, EmbedOptions())
-    return time.perf_counter() - clock
+    prepared = preparer.prepare(docs, EmbedOptions())
+    return time.perf_counter() - clock, int(prepared.n_tokens.sum())
 
 
 def time_host(
