@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ray import serve
@@ -171,14 +172,24 @@ def serve_until_stopped(config: Config, model_dir: Path) -> int:
     that signal (130, 143). The handlers are our own, as `embedpipe run`'s are: a process started
     in the background of a shell without job control (`nohup embedpipe serve ... &`, a CI
     script) inherits SIGINT ignored, Python then raises no KeyboardInterrupt, and the server was
-    deaf to the Ctrl-C or `kill -INT` meant to stop it. A signal only sets a flag, so one that
-    lands while Serve starts stops the server once it is up, not inside Ray's start-up code."""
+    deaf to the Ctrl-C or `kill -INT` meant to stop it. A first signal only sets a flag, so one
+    that lands while Serve starts stops the server once it is up, not inside Ray's start-up code;
+    a second one stops at once, so a start-up that cannot finish (a replica no node has room
+    for) can still be interrupted."""
     got: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in SIGNALS}
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        got.append(signum)
+        if len(got) > 1:
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handle) for s in SIGNALS}
     try:
         start(config, model_dir)
         while not got:
             time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass  # the second signal
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

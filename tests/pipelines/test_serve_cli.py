@@ -12,14 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import has_gpu
 from tests.pipelines.test_serve import free_port, post, wait_healthy
 
 
-def serve_command(tmp_path, minilm_dir) -> tuple[subprocess.Popen, str]:
-    """`embedpipe serve` started as a user starts it, logging to tmp_path/serve.log."""
+def serve_command(tmp_path, minilm_dir, *more: str) -> tuple[subprocess.Popen, str]:
+    """`embedpipe serve` started as a user starts it (`more`: overrides), logging to
+    tmp_path/serve.log."""
     tokens = tmp_path / "tokens"
     tokens.write_text("# one token a line\nfile-token\n\n")
     conf = tmp_path / "serve.yaml"
@@ -34,7 +37,7 @@ def serve_command(tmp_path, minilm_dir) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen(
-            [*command, *overrides], stdout=log, stderr=subprocess.STDOUT, env=env
+            [*command, *overrides, *more], stdout=log, stderr=subprocess.STDOUT, env=env
         )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -60,15 +63,36 @@ def test_the_serve_command_serves_until_ctrl_c(tmp_path, minilm_dir):
 def test_ctrl_c_while_the_server_starts_stops_it_once_up(tmp_path, minilm_dir):
     """The signal is held while Serve starts, and stops the server once it is up."""
     proc, _ = serve_command(tmp_path, minilm_dir)
-    log = tmp_path / "serve.log"
     try:
-        deadline = time.monotonic() + 120
-        while "serving" not in log.read_text():  # printed just before Serve starts
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_for_serving(proc, tmp_path / "serve.log")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "stopped" in log.read_text()
+    assert "stopped" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(has_gpu(), reason="needs a machine where a GPU replica cannot be placed")
+def test_a_second_ctrl_c_stops_a_start_up_that_cannot_finish(tmp_path, minilm_dir):
+    """A CUDA replica on a machine without a GPU is never placed, so Serve never comes up."""
+    proc, _ = serve_command(tmp_path, minilm_dir, "workers.device=cuda")
+    try:
+        wait_for_serving(proc, tmp_path / "serve.log")
+        time.sleep(2)  # into Serve's start-up
+        proc.send_signal(signal.SIGINT)
+        time.sleep(2)
+        assert proc.poll() is None, "the first signal waits for the start-up"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def wait_for_serving(proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while "serving" not in log.read_text():  # printed just before Serve starts
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
