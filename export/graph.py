@@ -8,6 +8,8 @@ copies sentence-transformers' formulas, so parity is exact up to float order.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,28 @@ class PooledEncoder(torch.nn.Module):
 
 def export_graph(transformer: Any, pooling: str, path: Path) -> None:
     transformer = transformer.eval()
-    module = PooledEncoder(transformer, pooling).eval()
+    with eager_attention(transformer):
+        _trace(PooledEncoder(transformer, pooling).eval(), path)
+
+
+@contextmanager
+def eager_attention(transformer: Any) -> Iterator[None]:
+    """transformers 5 runs BERT on torch's SDPA by default; traced, that becomes a graph
+    onnxruntime's fusion does not recognise (no Attention node at all). The eager path computes
+    the same values with the MatMul/Softmax pattern the fusion was written for."""
+    setter = getattr(transformer, "set_attn_implementation", None)
+    before = getattr(transformer.config, "_attn_implementation", None)
+    if setter is None or before in (None, "eager"):
+        yield
+        return
+    setter("eager")
+    try:
+        yield
+    finally:
+        setter(before)
+
+
+def _trace(module: torch.nn.Module, path: Path) -> None:
     # Two rows of different lengths, so nothing is traced as a constant shape.
     input_ids = torch.full((2, 16), 1000, dtype=torch.long)
     attention_mask = torch.ones((2, 16), dtype=torch.long)

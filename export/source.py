@@ -69,12 +69,20 @@ def load_source(src: str, trust_remote_code: bool = False) -> Source:
         source_id=src,
         revision=revision or _hub_revision(modules[0]),
         pooling=pooling,
-        max_seq_length=int(model.max_seq_length),
+        max_seq_length=_max_seq_length(src, model),
         # sentence-transformers adds empty 'query'/'document' entries to every model: only
         # prompts that change the text are the model's prompts.
         prompts={k: v for k, v in (model.prompts or {}).items() if v},
         default_prompt_name=model.default_prompt_name or None,
     )
+
+
+def _max_seq_length(src: str, model: Any) -> int:
+    if model.max_seq_length is None:
+        raise ExportError(
+            f"{src} sets no max_seq_length (sentence_bert_config.json); set one to export it"
+        )
+    return int(model.max_seq_length)
 
 
 def _check_modules(src: str, modules: list[Any]) -> str:
