@@ -2,6 +2,8 @@
 
 Everything is built in a hidden directory beside OUT and renamed into place only once parity
 has been measured and passed, so OUT is either the previous complete export or the new one.
+`export_layouts` writes one directory per attention layout from a single load and trace of the
+source (the GPU check compares them without paying for the trace four times).
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from export.graph import OPSET, export_graph
-from export.optimize import fuse, quantize_int8, to_fp16
-from export.parity import THRESHOLDS, builtin_texts, measure
+from export.optimize import CUDA_ONLY_LAYOUTS, check_layout, fuse, pack, quantize_int8, to_fp16
+from export.parity import THRESHOLDS, builtin_texts, canary_texts, measure, reference_embed
 from export.source import ExportError, Source, load_source
-from workers import Embedder
+from workers import Embedder, EmbedOptions
 from workers.model_dir import (
     CARD_FILE,
     MODEL_FILE,
@@ -33,6 +41,45 @@ EXPORT_DTYPES = ("fp32", "fp16", "int8")
 _LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime-gpu")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one export writes: its dtype, whether fused, and the attention layout."""
+
+    dtype: str = "fp32"
+    optimize: bool = True
+    attention: str = "attention"
+
+    def check(self) -> None:
+        if self.dtype not in EXPORT_DTYPES:
+            raise ExportError(
+                f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {self.dtype!r}"
+            )
+        check_layout(self.attention)
+        if self.attention != "attention" and not self.optimize:
+            raise ExportError(f"--attention {self.attention} is a fused layout; drop --no-optimize")
+        if self.attention != "attention" and self.dtype == "int8":
+            raise ExportError(
+                f"--attention {self.attention} is for fp16 or fp32 exports; int8 quantizes the "
+                "Attention layout only"
+            )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The source's own vectors for the parity and canary texts, computed once per source."""
+
+    parity: np.ndarray
+    canary: np.ndarray
+
+    @classmethod
+    def of(cls, source: Source) -> Reference:
+        options = EmbedOptions()
+        return cls(
+            parity=reference_embed(source.model, builtin_texts(), options),
+            canary=reference_embed(source.model, canary_texts(), options),
+        )
+
+
 def export_model(
     src: str,
     out: str | Path,
@@ -40,42 +87,93 @@ def export_model(
     optimize: bool = True,
     trust_remote_code: bool = False,
     force: bool = False,
+    attention: str = "attention",
 ) -> ModelCard:
-    if dtype not in EXPORT_DTYPES:
-        raise ExportError(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    plan = Plan(dtype, optimize, attention)
+    plan.check()
     out = Path(out)
+    _check_out(out, force)
+    source = load_source(src, trust_remote_code)
+    with _work_dir(out, "trace") as work:
+        graph = _trace(source, work)
+        return _write(source, graph, plan, out, Reference.of(source))
+
+
+def export_layouts(
+    src: str,
+    outs: dict[str, Path],
+    dtype: str = "fp16",
+    force: bool = False,
+    keep_going: bool = False,
+) -> dict[str, ModelCard | ExportError]:
+    """One export per attention layout (outs: layout -> directory), traced once. keep_going:
+    a layout that fails (its parity, say) is returned as its error and the others still built."""
+    plans = {layout: Plan(dtype, True, layout) for layout in outs}
+    for out, plan in zip(outs.values(), plans.values(), strict=True):
+        plan.check()
+        _check_out(out, force)
+    source = load_source(src)
+    reference = Reference.of(source)
+    first = next(iter(outs.values()))
+    with _work_dir(first, "trace") as work:
+        graph = _trace(source, work)
+        cards: dict[str, ModelCard | ExportError] = {}
+        for layout, out in outs.items():
+            try:
+                cards[layout] = _write(source, graph, plans[layout], out, reference)
+            except ExportError as err:
+                if not keep_going:
+                    raise
+                log.error("the %s layout failed: %s", layout, err)
+                cards[layout] = err
+        return cards
+
+
+def _check_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} exists and is not empty; pass --force to replace it")
-    source = load_source(src, trust_remote_code)
-    work = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+
+
+@contextmanager
+def _work_dir(out: Path, tag: str = "export") -> Iterator[Path]:
+    """A hidden directory beside `out`, removed on the way out whatever happens."""
+    path = out.parent / f".{out.name}.{tag}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
     try:
-        card = _build(source, work, dtype, optimize)
-        _replace_dir(work, out)
+        yield path
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _trace(source: Source, work: Path) -> Path:
+    log.info("exporting %s to ONNX (opset %d)", source.source_id, OPSET)
+    graph = work / "graph.onnx"
+    export_graph(source.model[0].auto_model, source.pooling, graph)
+    return graph
+
+
+def _write(source: Source, graph: Path, plan: Plan, out: Path, ref: Reference) -> ModelCard:
+    with _work_dir(out) as work:
+        card = _build(source, graph, work, plan, ref)
+        _replace_dir(work, out)
     return card
 
 
-def _build(source: Source, work: Path, dtype: str, optimize: bool) -> ModelCard:
+def _build(source: Source, graph: Path, work: Path, plan: Plan, ref: Reference) -> ModelCard:
     transformer = source.model[0].auto_model
-    log.info("exporting %s to ONNX (opset %d)", source.source_id, OPSET)
-    graph = work / "graph.onnx"
-    export_graph(transformer, source.pooling, graph)
     fused: dict[str, int] = {}
-    if optimize:
-        log.info("fusing attention, layer norm and GELU")
-        fused = fuse(graph, work / "fused.onnx", transformer.config)
+    if plan.optimize:
+        log.info("fusing attention (%s layout), layer norm and GELU", plan.attention)
+        fused = fuse(graph, work / "fused.onnx", transformer.config, plan.attention)
         graph = work / "fused.onnx"
-    if dtype == "int8":
-        log.info("quantizing MatMul and Attention weights to int8")
-        quantize_int8(graph, work / MODEL_FILE)
-    elif dtype == "fp16":
-        log.info("converting the graph to fp16 (inputs, output and pooling stay as they are)")
-        to_fp16(graph, work / MODEL_FILE)
+    _convert(graph, work / "converted.onnx", plan.dtype)
+    if plan.attention in CUDA_ONLY_LAYOUTS:
+        log.info("removing padding: %s", plan.attention)
+        packed = pack(work / "converted.onnx", work / MODEL_FILE)
+        fused = {k: n for k, n in fused.items() if not k.endswith("Attention")} | packed
     else:
-        graph.rename(work / MODEL_FILE)
+        (work / "converted.onnx").rename(work / MODEL_FILE)
     for leftover in work.glob("*.onnx"):
         if leftover.name != MODEL_FILE:
             leftover.unlink()
@@ -87,30 +185,67 @@ def _build(source: Source, work: Path, dtype: str, optimize: bool) -> ModelCard:
         dim=int(transformer.config.hidden_size),  # mean, cls and max keep the width
         pooling=source.pooling,
         max_seq_length=source.max_seq_length,
-        dtype=dtype,
+        dtype=plan.dtype,
         opset=OPSET,
         prompts=source.prompts,
         default_prompt_name=source.default_prompt_name,
         fused_operators=fused,
         versions=_versions(),
+        attention=plan.attention,
+        canary=_canary(ref),
     )
     write_atomic(work / CARD_FILE, card.to_json())
-    return _with_parity(card, source, work)
+    return _with_parity(card, source, work, ref)
 
 
-def _with_parity(card: ModelCard, source: Source, work: Path) -> ModelCard:
-    # fp16 is a GPU format: measured on the GPU where there is one; onnxruntime's CPU kernels
-    # run it too (slowly), so a machine without one still checks the export before writing it.
-    device = resolve_device("auto") if card.dtype == "fp16" else "cpu"
+def _convert(graph: Path, dst: Path, dtype: str) -> None:
+    if dtype == "int8":
+        log.info("quantizing MatMul and Attention weights to int8")
+        quantize_int8(graph, dst)
+    elif dtype == "fp16":
+        log.info("converting the graph to fp16 (inputs, output and pooling stay as they are)")
+        to_fp16(graph, dst)
+    else:
+        shutil.copyfile(graph, dst)
+
+
+def _canary(ref: Reference) -> dict[str, Any]:
+    vectors = ref.canary / np.linalg.norm(ref.canary, axis=1, keepdims=True)
+    return {"texts": canary_texts(), "vectors": np.round(vectors, 7).tolist()}
+
+
+def parity_device(card: ModelCard) -> str:
+    """Where the export's parity is measured: fp16 and padding-free graphs are GPU formats,
+    measured on the GPU where there is one. onnxruntime's CPU kernels run fp16 too (slowly),
+    so a machine without a GPU still checks such an export; only the padding-free layouts have
+    no CPU kernels at all."""
+    if card.dtype == "fp16" or card.attention in CUDA_ONLY_LAYOUTS:
+        return resolve_device("auto")
+    return "cpu"
+
+
+def _with_parity(card: ModelCard, source: Source, work: Path, ref: Reference) -> ModelCard:
+    device = parity_device(card)
+    if device == "cpu" and card.attention in CUDA_ONLY_LAYOUTS:
+        log.warning(
+            "parity of the %s layout not measured: it has no CPU kernels and this machine has "
+            "no GPU; the canary checks it on the first GPU that loads it",
+            card.attention,
+        )
+        parity = {"measured": False, "device": device, "reason": "no CPU kernels for this layout"}
+        card = dataclasses.replace(card, parity=parity)
+        write_atomic(work / CARD_FILE, card.to_json())
+        return card
     log.info("measuring parity against sentence-transformers on the %s", device)
-    embedder = Embedder.load(work, device=device, verify_checksum=False)
-    report = measure(embedder, source.model, builtin_texts(), THRESHOLDS[card.dtype])
+    embedder = Embedder.load(work, device=device, verify_checksum=False, canary=False)
+    report = measure(embedder, source.model, builtin_texts(), THRESHOLDS[card.dtype], ref.parity)
     if not report.passed:
         raise ExportError(
             f"parity failed: min cosine {report.min_cosine:.6f} to sentence-transformers is "
             f"under {report.threshold} for {card.dtype}; the export was not written"
         )
-    card = dataclasses.replace(card, parity={**report.as_dict(), "device": device})
+    parity = {**report.as_dict(), "measured": True, "device": device}
+    card = dataclasses.replace(card, parity=parity)
     write_atomic(work / CARD_FILE, card.to_json())
     return card
 

@@ -1,5 +1,18 @@
-"""Graph rewrites after export: onnxruntime's transformer fusion, fp16 conversion and int8
-dynamic quantization.
+"""Graph rewrites after export: onnxruntime's transformer fusion (in one of four attention
+layouts), fp16 conversion and int8 dynamic quantization.
+
+Attention layouts (`--attention`; the card's `attention` key). Which CUDA kernel onnxruntime runs
+depends on the operator and its mask, so the layout decides whether attention is flash, fused
+or the unfused math kernel on a given GPU; `make gpu-check` measures each:
+- `attention`: the fused `Attention` op with a 1-D mask index (sequence lengths). Runs on every
+  provider; on Hopper, onnxruntime's flash and memory-efficient kernels refuse this mask.
+- `mha`: `MultiHeadAttention` with the same 1-D key lengths, the one mask cuDNN's flash
+  attention takes (the session enables it: workers/session.py). Runs on the CPU too.
+- `packed`: `Attention` in padding-free form (RemovePadding -> PackedAttention ->
+  RestorePadding): every MatMul of every layer skips the padded positions too. CUDA only.
+- `packed-mha`: the same with `PackedMultiHeadAttention`, whose CUDA kernel is flash attention
+  over variable-length sequences. CUDA only.
+Packing is applied last, to the fp16 graph, as onnxruntime's own tool expects.
 
 Fusion (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) is done once here,
 offline, with onnxruntime's own optimizer, so every worker loads the fast graph. int8 quantizes
@@ -29,8 +42,14 @@ from export.source import ExportError
 BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra")
 
 
-def fuse(src: Path, dst: Path, config: Any) -> dict[str, int]:
+ATTENTION_LAYOUTS = ("attention", "mha", "packed", "packed-mha")
+# Layouts with no CPU kernels: their parity can only be measured on a GPU.
+CUDA_ONLY_LAYOUTS = ("packed", "packed-mha")
+
+
+def fuse(src: Path, dst: Path, config: Any, attention: str = "attention") -> dict[str, int]:
     """Writes the fused graph to dst; returns the count of each fused operator found."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     if config.model_type not in BERT_LIKE:
@@ -38,17 +57,49 @@ def fuse(src: Path, dst: Path, config: Any) -> dict[str, int]:
             f"onnxruntime's fusion does not cover model type {config.model_type!r} "
             f"(covered: {', '.join(BERT_LIKE)}); export with --no-optimize"
         )
+    check_layout(attention)
     logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
+    options = FusionOptions("bert")
+    options.use_multi_head_attention = attention in ("mha", "packed-mha")
     model = optimize_model(
         str(src),
         model_type="bert",
         num_heads=config.num_attention_heads,
         hidden_size=config.hidden_size,
         opt_level=0,  # python fusions only: the session applies its own at load time
+        optimization_options=options,
     )
     model.save_model_to_file(str(dst))
     stats = model.get_fused_operator_statistics()
     return {op: int(n) for op, n in sorted(stats.items()) if n}
+
+
+def check_layout(attention: str) -> None:
+    if attention not in ATTENTION_LAYOUTS:
+        raise ExportError(
+            f"--attention must be one of {', '.join(ATTENTION_LAYOUTS)}, got {attention!r}"
+        )
+
+
+def pack(src: Path, dst: Path) -> dict[str, int]:
+    """The padding-free form of a fused graph; returns the count of each packed operator."""
+    import onnx
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    PackingMode(model).convert()
+    counts: dict[str, int] = {}
+    for node in model.nodes():
+        if node.op_type.startswith("Packed") or node.op_type.endswith("Padding"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if "RemovePadding" not in counts:
+        raise ExportError(
+            "onnxruntime's packing found no attention to convert (is attention fused?): "
+            "export with --attention attention"
+        )
+    model.save_model_to_file(str(dst))
+    return counts
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

@@ -42,6 +42,13 @@ def builtin_texts() -> list[str]:
     return texts
 
 
+def canary_texts() -> list[str]:
+    """The card's probe texts: short, non-ASCII, medium, and one past any max_seq_length (so
+    the longest sequences the device will see are among them)."""
+    texts = builtin_texts()
+    return [texts[3], texts[15], texts[-4], texts[-1]]
+
+
 @dataclass(frozen=True)
 class ParityReport:
     min_cosine: float
@@ -102,8 +109,13 @@ def _without_normalize(st_model: Any) -> Any:
 
 
 def measure(
-    embedder: Embedder, st_model: Any, texts: Sequence[str], threshold: float
+    embedder: Embedder,
+    st_model: Any,
+    texts: Sequence[str],
+    threshold: float,
+    reference: np.ndarray | None = None,
 ) -> ParityReport:
+    """reference: st_model's vectors for texts when already computed (default options)."""
     import sentence_transformers
 
     options = EmbedOptions()
@@ -111,7 +123,9 @@ def measure(
     if rejected := [(i, e) for i, e in enumerate(ours.errors) if e]:
         i, reason = rejected[0]
         raise ValueError(f"{len(rejected)} parity text(s) rejected; text {i}: {reason}")
-    sims = cosines(ours.vectors, reference_embed(st_model, texts, options))
+    if reference is None:
+        reference = reference_embed(st_model, texts, options)
+    sims = cosines(ours.vectors, reference)
     return ParityReport(
         min_cosine=float(sims.min()),
         mean_cosine=float(sims.mean()),

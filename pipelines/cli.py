@@ -95,6 +95,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype", choices=["fp32", "fp16", "int8"], help="fp32 (default), fp16 (GPU), int8 (CPU)"
     )
+    p.add_argument(
+        "--attention",
+        choices=["attention", "mha", "packed", "packed-mha"],
+        help="attention layout of the graph (default attention; packed* run on CUDA only)",
+    )
     p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime's fusion")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -136,39 +141,54 @@ def _export(args: argparse.Namespace) -> int:
     from export.exporter import export_model
     from export.source import ExportError
 
-    src, out, dtype = args.model, args.out, args.dtype
+    src, out, dtype, attention = args.model, args.out, args.dtype, args.attention
     if args.config:
         model = load_config(args.config).model
         if (Path(model.source) / CARD_FILE).is_file():
             print(f"{model.source} is an exported model directory already; nothing to export")
             return 0
         src, out, dtype = src or model.source, out or model.export_dir(), dtype or model.dtype
-        if not args.force and _is_current(out, src, dtype):
+        attention = attention or model.attention
+        if not args.force and _is_current(out, src, dtype, attention or "attention"):
             print(f"{out} already holds the {dtype} export of {src}; --force re-exports it")
             return 0
     if not src or not out:
         raise ConfigError("export needs --model and --out (or --config)")
     try:
         card = export_model(
-            src, out, dtype or "fp32", not args.no_optimize, args.trust_remote_code, args.force
+            src,
+            out,
+            dtype or "fp32",
+            not args.no_optimize,
+            args.trust_remote_code,
+            args.force,
+            attention=attention or "attention",
         )
     except ExportError as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 1
-    parity = card.parity
     print(
-        f"wrote {out}: {card.dtype}, dim {card.dim}, {card.pooling} pooling, "
-        f"min cosine {parity['min_cosine']:.6f} to the reference over {parity['n_texts']} texts"
+        f"wrote {out}: {card.dtype}, {card.attention} attention, dim {card.dim}, "
+        f"{card.pooling} pooling, {_parity_words(card.parity)}"
     )
     return 0
 
 
-def _is_current(out: Path, src: str, dtype: str) -> bool:
+def _parity_words(parity: dict) -> str:
+    if not parity.get("measured", True):
+        return f"parity not measured ({parity['reason']}): the canary checks it on a GPU"
+    return (
+        f"min cosine {parity['min_cosine']:.6f} to the reference over {parity['n_texts']} "
+        f"texts on the {parity['device']}"
+    )
+
+
+def _is_current(out: Path, src: str, dtype: str, attention: str) -> bool:
     try:
         card = read_card(out)
     except ModelDirError:
         return False
-    return card.source == src and card.dtype == dtype
+    return card.source == src and card.dtype == dtype and card.attention == attention
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -39,6 +39,9 @@ class ModelConfig(_Section):
     source: str  # hub id, sentence-transformers directory, pkg:NAME, or an exported model directory
     dir: Path | None = None  # where an export is kept; needed unless source is an exported dir
     dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    # The attention layout of the export (export/optimize.py); unset: whatever the export in
+    # model.dir holds, and `attention` when exporting.
+    attention: Literal["attention", "mha", "packed", "packed-mha"] | None = None
     optimize: bool = True
     trust_remote_code: bool = False
 

@@ -133,12 +133,24 @@ def ensure_model(config: Config) -> Path:
         log.info("no export at %s yet: exporting %s (%s)", model_dir, model.source, model.dtype)
         from export.exporter import export_model  # needs the export extra, only now
 
-        export_model(model.source, model_dir, model.dtype, model.optimize, model.trust_remote_code)
+        export_model(
+            model.source,
+            model_dir,
+            model.dtype,
+            model.optimize,
+            model.trust_remote_code,
+            attention=model.attention or "attention",
+        )
         return model_dir
     if card.dtype != model.dtype:
         raise ModelDirError(
             f"{model_dir} holds a {card.dtype} export but model.dtype is {model.dtype}; "
             "point model.dir elsewhere or set model.dtype to match"
+        )
+    if model.attention is not None and card.attention != model.attention:
+        raise ModelDirError(
+            f"{model_dir} holds the {card.attention} attention layout but model.attention is "
+            f"{model.attention}; point model.dir elsewhere or re-export with --attention"
         )
     # Hashed once here, so a changed model.onnx is a usage error before Ray starts rather than
     # every actor failing to load.

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.batching import MIN_ROWS, pad_batch, plan_batches
+from workers.canary import check_canary
 from workers.embeddings import Embeddings
 from workers.finish import l2_normalize
 from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, ModelCard, check_files, read_card
@@ -63,7 +64,10 @@ class Embedder:
         verify_checksum: bool = True,
         spin: bool = True,
         batch_invariant: bool = True,
+        canary: bool = True,
     ) -> Embedder:
+        """canary: embed the card's probe texts on this device and refuse to load when they
+        differ from the reference (workers/canary.py); off only where parity is measured next."""
         root = Path(model_dir)
         card = read_card(root)
         check_files(root, card, verify_checksum)
@@ -74,10 +78,13 @@ class Embedder:
             threads=threads,
             exact_fp32=card.dtype == "fp32",
             spin=spin,
+            attention=card.attention,
         )
         embedder = cls(card, preparer, session, max_batch_tokens, batch_invariant)
         if session.device == "cuda":
             embedder.warm_up()
+        if canary:
+            check_canary(embedder, str(root))
         return embedder
 
     def embed(self, texts: Sequence[object], options: EmbedOptions | None = None) -> Embeddings:

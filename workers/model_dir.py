@@ -21,6 +21,9 @@ TOKENIZER_FILE = "tokenizer.json"
 CARD_FILE = "embedpipe-model.json"
 CARD_FORMAT = 1
 DTYPES = ("fp32", "fp16", "int8")
+# How attention is laid out in model.onnx (export/optimize.py); cards written before the key
+# existed hold the fused Attention op.
+ATTENTION_LAYOUTS = ("attention", "mha", "packed", "packed-mha")
 
 
 class ModelDirError(ValueError):
@@ -42,6 +45,10 @@ class ModelCard:
     fused_operators: dict[str, int] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    attention: str = "attention"
+    # Probe texts and their reference vectors (unit length), embedded again on every device
+    # that loads the model: workers/canary.py.
+    canary: dict[str, Any] = field(default_factory=dict)
     format: int = CARD_FORMAT
 
     def to_json(self) -> str:
@@ -76,6 +83,10 @@ def _card_from_dict(raw: object, path: Path) -> ModelCard:
     card = ModelCard(**{k: v for k, v in raw.items() if k in known})
     if card.dtype not in DTYPES:
         raise ModelDirError(f"{path}: dtype {card.dtype!r} is not one of {', '.join(DTYPES)}")
+    if card.attention not in ATTENTION_LAYOUTS:
+        raise ModelDirError(
+            f"{path}: attention {card.attention!r} is not one of {', '.join(ATTENTION_LAYOUTS)}"
+        )
     if card.default_prompt_name is not None and card.default_prompt_name not in card.prompts:
         raise ModelDirError(
             f"{path}: default_prompt_name {card.default_prompt_name!r} is not among the prompts"

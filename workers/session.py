@@ -26,6 +26,13 @@ DEVICES = ("cpu", "cuda")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 OUTPUT = "sentence_embedding"
 INPUTS = ("input_ids", "attention_mask")
+# onnxruntime's `sdpa_kernel` bits (contrib_ops/cpu/bert/attention_common.h, AttentionBackend):
+# flash 1, memory-efficient 2, TRT fused 4, cuDNN flash 8, math 16, TRT flash 32, TRT cross 64.
+# All of them: what onnxruntime enables by default, plus cuDNN's flash attention, which it
+# leaves off unless asked and which is the only fast kernel for MultiHeadAttention with a 1-D
+# key-length mask (the `mha` layout).
+SDPA_WITH_CUDNN = 1 | 2 | 4 | 8 | 16 | 32 | 64
+CUDNN_LAYOUTS = ("mha",)
 
 
 def resolve_device(device: str) -> str:
@@ -38,7 +45,7 @@ def resolve_device(device: str) -> str:
 
 
 def providers_for(
-    device: str, device_id: int = 0, exact_fp32: bool = True
+    device: str, device_id: int = 0, exact_fp32: bool = True, attention: str = "attention"
 ) -> list[str | tuple[str, dict[str, Any]]]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -51,11 +58,14 @@ def providers_for(
             f"(it has {', '.join(available)}): install onnxruntime-gpu, or set device: cpu"
         )
     preload_cuda()
-    return [("CUDAExecutionProvider", cuda_options(device_id, exact_fp32)), "CPUExecutionProvider"]
+    options = cuda_options(device_id, exact_fp32, attention)
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
 
-def cuda_options(device_id: int, exact_fp32: bool) -> dict[str, Any]:
+def cuda_options(device_id: int, exact_fp32: bool, attention: str = "attention") -> dict[str, Any]:
+    sdpa = {"sdpa_kernel": SDPA_WITH_CUDNN} if attention in CUDNN_LAYOUTS else {}
     return {
+        **sdpa,
         # Inside a Ray actor with num_gpus=1 the one visible GPU is device 0.
         "device_id": device_id,
         # Batches vary in shape; growing the arena by what is asked, not by powers of two,
@@ -88,6 +98,7 @@ class OnnxSession:
         device_id: int = 0,
         exact_fp32: bool = True,
         spin: bool = True,
+        attention: str = "attention",
     ) -> None:
         device = resolve_device(device)
         options = ort.SessionOptions()
@@ -107,7 +118,7 @@ class OnnxSession:
         self.device = device
         self._device_id = device_id
         self._session = ort.InferenceSession(
-            str(path), options, providers=providers_for(device, device_id, exact_fp32)
+            str(path), options, providers=providers_for(device, device_id, exact_fp32, attention)
         )
         got = self._session.get_providers()
         if device == "cuda" and got[0] != "CUDAExecutionProvider":
@@ -121,6 +132,14 @@ class OnnxSession:
                 f"{path} takes {names} and gives {self._session.get_outputs()[0].name}; "
                 f"embedpipe needs inputs {INPUTS} and output {OUTPUT}: re-export it"
             )
+
+    def providers(self) -> list[str]:
+        """The providers the session really got, first the one that runs the graph."""
+        return list(self._session.get_providers())
+
+    def describe(self) -> str:
+        """The device in words, for messages: `cpu` or `cuda:0`."""
+        return f"cuda:{self._device_id}" if self.device == "cuda" else self.device
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Pooled float32 vectors (rows x dim) for one padded batch."""

@@ -1,0 +1,74 @@
+"""Attention layouts of an export (`--attention`): each graph's structure everywhere, and its
+parity wherever onnxruntime's CPU provider has kernels for it (the GPU tests cover the rest)."""
+
+from collections import Counter
+
+import onnx
+import pytest
+
+from export.exporter import export_model
+from export.parity import cosines, reference_embed
+from export.source import ExportError
+from tests.conftest import export, has_gpu
+from workers import Embedder, EmbedOptions
+from workers.model_dir import MODEL_FILE, read_card
+
+# The tiny stand-in has 2 layers: every one of them in the layout's form, nothing left unfused.
+EXPECTED = {
+    "attention": {"Attention": 2},
+    "mha": {"MultiHeadAttention": 2},
+    "packed": {"PackedAttention": 2, "RemovePadding": 1, "RestorePadding": 1},
+    "packed-mha": {"PackedMultiHeadAttention": 2, "RemovePadding": 1, "RestorePadding": 1},
+}
+ATTENTION_OPS = {"Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention"}
+
+
+def graph_ops(model_dir) -> Counter:
+    graph = onnx.load(str(model_dir / MODEL_FILE)).graph
+    return Counter(node.op_type for node in graph.node)
+
+
+@pytest.mark.parametrize("layout", sorted(EXPECTED))
+def test_every_layer_has_the_layouts_attention_and_the_card_says_which(layout, tiny_dirs):
+    model_dir = tiny_dirs[f"fp16-{layout}"]
+    ops, card = graph_ops(model_dir), read_card(model_dir)
+    assert card.attention == layout
+    assert {op: ops[op] for op in EXPECTED[layout]} == EXPECTED[layout]
+    assert {op for op in ATTENTION_OPS if ops[op]} == set(EXPECTED[layout]) & ATTENTION_OPS
+    assert all(card.fused_operators[op] == n for op, n in EXPECTED[layout].items())
+
+
+@pytest.mark.parametrize("layout", ["attention", "mha"])
+def test_layouts_the_cpu_can_run_match_sentence_transformers(
+    layout, tiny_dirs, tiny_st_model, parity_texts
+):
+    model_dir = tiny_dirs[f"fp16-{layout}"]
+    assert read_card(model_dir).parity["measured"] and read_card(model_dir).parity["passed"]
+    texts = parity_texts[:64]
+    ours = Embedder.load(model_dir, device="cpu").embed(texts).vectors
+    sims = cosines(ours, reference_embed(tiny_st_model, texts, EmbedOptions()))
+    assert sims.min() >= 0.999, f"{layout}: min cosine {sims.min():.6f}"
+
+
+@pytest.mark.skipif(has_gpu(), reason="with a GPU, parity of every layout is measured")
+@pytest.mark.parametrize("layout", ["packed", "packed-mha"])
+def test_padding_free_layouts_say_their_parity_waits_for_a_gpu(layout, tiny_dirs):
+    parity = read_card(tiny_dirs[f"fp16-{layout}"]).parity
+    assert parity["measured"] is False and "no CPU kernels" in parity["reason"]
+
+
+def test_the_cli_writes_the_layout_asked_for(tiny_src, tmp_path):
+    out = export(tiny_src, tmp_path / "mha", "--attention", "mha")
+    assert read_card(out).attention == "mha" and graph_ops(out)["MultiHeadAttention"] == 2
+
+
+@pytest.mark.parametrize(
+    ("dtype", "optimize", "message"),
+    [("int8", True, "int8 quantizes the Attention layout only"), ("fp16", False, "--no-optimize")],
+)
+def test_a_layout_that_cannot_be_built_is_refused_before_any_work(
+    dtype, optimize, message, tmp_path
+):
+    with pytest.raises(ExportError, match=message):
+        export_model("/nonexistent", tmp_path / "m", dtype, optimize, attention="packed")
+    assert not (tmp_path / "m").exists()
