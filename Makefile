@@ -4,12 +4,13 @@ PYTHON ?= python3
 CONF ?= conf/default.yaml
 CHAOS_TASKS ?= 200
 CHAOS_KILLS ?= 30
+OUT ?= build/gpu-check
 PY := $(VENV)/bin/python
 EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -50,6 +51,9 @@ bench-host: setup ## an actor's CPU side (read, tokenize, write) with a null dev
 
 bench-gpu: setup ## on a GPU machine: gte-large's shape in fp16, sentence-transformers vs bare CUDA session vs embedpipe run -> bench/results/gpu.json
 	$(PY) bench/gpu.py --out bench/results/gpu.json
+
+gpu-check: ## one GPU window, installs nothing: versions, attention kernels, bench-gpu over every layout, gpu tests -> $(OUT)
+	PYTHON=$(PYTHON) OUT=$(OUT) bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 bench-cache: setup ## re-index of the stdlib corpus with 10% changed, use_cache vs a full recompute -> bench/results/cache.json
 	$(PY) bench/cache.py --out bench/results/cache.json

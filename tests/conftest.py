@@ -65,6 +65,35 @@ def minilm_fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny BERT built here (export/stand_in.py): what the GPU tests use, since
+    the GPU machine has torch and transformers but not the MiniLM package."""
+    from export.stand_in import build_stand_in
+
+    return build_stand_in(tmp_path_factory.mktemp("src") / "tiny-bert", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_st_model(tiny_src: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(tiny_src), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_src: Path) -> dict[str, Path]:
+    """The tiny stand-in exported once per dtype and attention layout, keyed like `fp16-mha`."""
+    from export.exporter import export_layouts
+
+    root = tmp_path_factory.mktemp("models")
+    dirs = {"fp32-attention": export(tiny_src, root / "tiny-fp32")}
+    layouts = ("attention", "mha", "packed", "packed-mha")
+    outs = {layout: root / f"tiny-fp16-{layout}" for layout in layouts}
+    export_layouts(str(tiny_src), outs, "fp16")
+    return dirs | {f"fp16-{layout}": out for layout, out in outs.items()}
+
+
+@pytest.fixture(scope="session")
 def prompt_src(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """all-MiniLM-L6-v2 with prompts in its config_sentence_transformers.json."""
     src = tmp_path_factory.mktemp("src") / "minilm-prompts"

@@ -126,8 +126,8 @@ def test_unknown_prompt_name_lists_the_prompts(prompt_dir):
 
 
 @pytest.mark.slow
-def test_gte_large_shape_exports_and_embeds_to_1024_dims(tmp_path, minilm_path):
-    src = build_gte_large_stand_in(tmp_path / "gte-large-random", minilm_path)
+def test_gte_large_shape_exports_and_embeds_to_1024_dims(tmp_path):
+    src = build_gte_large_stand_in(tmp_path / "gte-large-random")
     out = export(src, tmp_path / "gte-large-fp32")
     card = read_card(out)
     assert (card.dim, card.max_seq_length, card.pooling) == (1024, 512, "mean")

@@ -290,15 +290,3 @@ def test_a_missing_model_dir_is_exported_on_first_use(tmp_path, parity_texts):
     assert (
         report["tasks_done"] == report["tasks_total"] and (tmp_path / "out" / "_SUCCESS").exists()
     )
-
-
-@pytest.mark.gpu
-def test_a_cuda_run_places_one_actor_per_gpu_on_the_cuda_provider(job_conf, caplog):
-    import ray
-
-    path, over = job_conf(**{"workers.device": "cuda", "workers.num_actors": "auto"})
-    report = run_job(load_config(path, over))
-    assert report["tasks_done"] == report["tasks_total"]
-    ready = [r.getMessage() for r in caplog.records if "actor ready" in r.getMessage()]
-    assert len(ready) == min(int(ray.cluster_resources()["GPU"]), report["tasks_total"])
-    assert all(line.endswith("(cuda)") for line in ready)
