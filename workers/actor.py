@@ -30,6 +30,9 @@ CONCURRENT_TASKS = 2
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedActor:
     def __init__(self, model_dir: str, device: str, threads: int, max_batch_tokens: int) -> None:
+        # The tokenizer's thread pool follows cpus_per_actor (it would take every core of the
+        # node otherwise, fighting the other actors); read once, at its first parallel call.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         from workers.embedder import Embedder
 
         self.embedder = Embedder.load(

@@ -7,14 +7,19 @@ token budget over length-sorted texts and shaped so that, on the CPU provider, a
 does not depend on the budget, its batch mates or the order of the input, to the last bit (on
 CUDA, to float rounding: the GPU's kernels are chosen by batch shape). `embed` may be called
 from several threads: only the session run is serialized, so one call's tokenizing overlaps
-another's inference.
+another's inference. A long call is itself a pipeline: its texts are tokenized in chunks (small
+first, then growing), the next chunk on a helper thread while the current one's batches run, so
+the device starts on a 20,000-text task after 256 texts are tokenized, not all of them. Vectors
+do not change: batches are sorted and cut within a chunk, and a text's vector does not depend on
+its batch mates.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,11 @@ from workers.prepare import Prepared, TextPreparer
 from workers.session import OnnxSession
 
 DEFAULT_MAX_BATCH_TOKENS = 2048
+# Texts tokenized ahead of the device: the first chunk is small so the device starts early, and
+# each next one doubles up to the cap, which keeps batches well sorted (9% padding on the stdlib
+# corpus at 4,096, as for a whole task) and the memory of prepared ids bounded.
+FIRST_CHUNK = 256
+MAX_CHUNK = 4096
 
 
 class Embedder:
@@ -89,10 +99,41 @@ class Embedder:
 
     def embed(self, texts: Sequence[object], options: EmbedOptions | None = None) -> Embeddings:
         options = options or EmbedOptions()
-        prepared = self.preparer.prepare(texts, options)
-        vectors, device_s = self.run(prepared)
+        spans = list(chunk_spans(len(texts)))
+        if len(spans) <= 1:
+            parts = [self._embed_prepared(self.preparer.prepare(texts, options))]
+        else:
+            parts = self._embed_pipelined(texts, spans, options)
+        vectors = np.concatenate([p.vectors for p in parts])
         if options.normalize:
             vectors = l2_normalize(vectors)
+        return Embeddings(
+            vectors,
+            np.concatenate([p.n_tokens for p in parts]),
+            np.concatenate([p.truncated for p in parts]),
+            tuple(e for p in parts for e in p.errors),
+            sum(p.device_s for p in parts),
+        )
+
+    def _embed_pipelined(
+        self, texts: Sequence[object], spans: list[tuple[int, int]], options: EmbedOptions
+    ) -> list[Embeddings]:
+        """Chunk k's batches run while chunk k+1 is tokenized on a helper thread (the tokenizer
+        and the session both release the GIL)."""
+        parts = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as ahead:
+            start, stop = spans[0]
+            pending = ahead.submit(self.preparer.prepare, texts[start:stop], options)
+            for k in range(len(spans)):
+                prepared = pending.result()
+                if k + 1 < len(spans):
+                    start, stop = spans[k + 1]
+                    pending = ahead.submit(self.preparer.prepare, texts[start:stop], options)
+                parts.append(self._embed_prepared(prepared))
+        return parts
+
+    def _embed_prepared(self, prepared: Prepared) -> Embeddings:
+        vectors, device_s = self.run(prepared)
         errors = tuple(prepared.errors)
         return Embeddings(vectors, prepared.n_tokens, prepared.truncated, errors, device_s)
 
@@ -132,3 +173,11 @@ class Embedder:
                 vectors[rows] = self.session.run(input_ids, mask)[: len(rows)]
                 busy += time.perf_counter() - clock
         return vectors, busy
+
+
+def chunk_spans(n: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the chunks n texts are tokenized in: FIRST_CHUNK, doubling to MAX_CHUNK."""
+    start, size = 0, FIRST_CHUNK
+    while start < n:
+        yield start, min(n, start + size)
+        start, size = start + size, min(2 * size, MAX_CHUNK)

@@ -5,6 +5,8 @@ Marked `gpu`: skipped (and said so) where there is no CUDA device.
 
 from __future__ import annotations
 
+import logging
+
 import polars as pl
 import pytest
 
@@ -20,6 +22,7 @@ def test_a_cuda_run_places_one_actor_per_gpu_and_embeds_every_row(
 ):
     import ray
 
+    caplog.set_level(logging.INFO, logger="pipelines")
     texts = parity_texts[:120]
     pl.DataFrame({"id": [f"d{i}" for i in range(len(texts))], "text": texts}).write_parquet(
         tmp_path / "in.parquet"
