@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from export.graph import OPSET, export_graph
-from export.optimize import CUDA_ONLY_LAYOUTS, check_layout, fuse, pack, quantize_int8, to_fp16
+from export.optimize import (
+    CUDA_ONLY_LAYOUTS,
+    check_layout,
+    default_layout,
+    fuse,
+    pack,
+    quantize_int8,
+    to_fp16,
+)
 from export.parity import THRESHOLDS, builtin_texts, canary_texts, measure, reference_embed
 from export.source import ExportError, Source, load_source
 from workers import Embedder, EmbedOptions
@@ -87,9 +95,10 @@ def export_model(
     optimize: bool = True,
     trust_remote_code: bool = False,
     force: bool = False,
-    attention: str = "attention",
+    attention: str | None = None,
 ) -> ModelCard:
-    plan = Plan(dtype, optimize, attention)
+    """attention: the layout (export/optimize.py); None: packed-mha for fp16, else attention."""
+    plan = Plan(dtype, optimize, attention or default_layout(dtype, optimize))
     plan.check()
     out = Path(out)
     _check_out(out, force)

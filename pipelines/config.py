@@ -40,7 +40,7 @@ class ModelConfig(_Section):
     dir: Path | None = None  # where an export is kept; needed unless source is an exported dir
     dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     # The attention layout of the export (export/optimize.py); unset: whatever the export in
-    # model.dir holds, and `attention` when exporting.
+    # model.dir holds, and when exporting packed-mha for fp16 (CUDA only), attention otherwise.
     attention: Literal["attention", "mha", "packed", "packed-mha"] | None = None
     optimize: bool = True
     trust_remote_code: bool = False

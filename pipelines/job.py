@@ -139,7 +139,7 @@ def ensure_model(config: Config) -> Path:
             model.dtype,
             model.optimize,
             model.trust_remote_code,
-            attention=model.attention or "attention",
+            attention=model.attention,
         )
         return model_dir
     if card.dtype != model.dtype:

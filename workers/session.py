@@ -33,6 +33,8 @@ INPUTS = ("input_ids", "attention_mask")
 # key-length mask (the `mha` layout).
 SDPA_WITH_CUDNN = 1 | 2 | 4 | 8 | 16 | 32 | 64
 CUDNN_LAYOUTS = ("mha",)
+# Padding-free graphs: onnxruntime has no CPU kernels for RemovePadding and the packed attention.
+CUDA_ONLY_LAYOUTS = ("packed", "packed-mha")
 
 
 def resolve_device(device: str) -> str:
@@ -115,6 +117,11 @@ class OnnxSession:
             # job that feeds them back to back, wrong for a server whose HTTP proxy and event
             # loop need those cores between requests.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if device == "cpu" and attention in CUDA_ONLY_LAYOUTS:
+            raise DeviceError(
+                f"{path} has the {attention} attention layout, which runs on CUDA only; use "
+                "workers.device: cuda, or export for the CPU with --attention attention"
+            )
         self.device = device
         self._device_id = device_id
         self._session = ort.InferenceSession(

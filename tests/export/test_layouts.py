@@ -11,6 +11,7 @@ from export.parity import cosines, reference_embed
 from export.source import ExportError
 from tests.conftest import export, has_gpu
 from workers import Embedder, EmbedOptions
+from workers.errors import DeviceError
 from workers.model_dir import MODEL_FILE, read_card
 
 # The tiny stand-in has 2 layers: every one of them in the layout's form, nothing left unfused.
@@ -72,3 +73,17 @@ def test_a_layout_that_cannot_be_built_is_refused_before_any_work(
     with pytest.raises(ExportError, match=message):
         export_model("/nonexistent", tmp_path / "m", dtype, optimize, attention="packed")
     assert not (tmp_path / "m").exists()
+
+
+def test_fp16_defaults_to_the_layout_measured_fastest_on_a_gpu_and_fp32_to_attention(
+    tiny_src, tmp_path
+):
+    fp16 = export(tiny_src, tmp_path / "fp16", "--dtype", "fp16")
+    fp32 = export(tiny_src, tmp_path / "fp32")
+    assert (read_card(fp16).attention, read_card(fp32).attention) == ("packed-mha", "attention")
+
+
+@pytest.mark.parametrize("layout", ["packed", "packed-mha"])
+def test_a_cuda_only_layout_on_the_cpu_is_refused_with_the_fix(layout, tiny_dirs):
+    with pytest.raises(DeviceError, match=f"{layout} attention layout, which runs on CUDA only"):
+        Embedder.load(tiny_dirs[f"fp16-{layout}"], device="cpu")
