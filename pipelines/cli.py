@@ -312,6 +312,12 @@ def _print_summary(report: dict[str, Any]) -> None:
     if report.get("device_idle_share") is not None:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds_per_stage"].items())
         print(f"device idle {report['device_idle_share']:.0%} of the time; task stages: {stages}")
+    if oom := report.get("device_oom", {}).get("splits"):
+        lowest = report["device_oom"]["max_batch_tokens"]
+        print(
+            f"the device ran out of memory {oom} time(s): those batches ran again in halves, "
+            f"and max_batch_tokens went down to {lowest} (set it there to start there)"
+        )
     for task_id, reason in report["failures"].items():
         print(f"  failed {task_id}: {reason}")
     if "interrupted" in report:

@@ -140,7 +140,7 @@ def embed_or_copy(
     embedded = int(ok.sum())
     written_rest = int(rows.ok[rest].sum())
     return Resolved(
-        replace(rows, device_s=result.device_s),
+        replace(rows, device_s=result.device_s, oom_splits=result.oom_splits),
         embedded=embedded,
         tokens=int(result.n_tokens[ok].sum()),
         from_cache=int((from_cache >= 0).sum()),

@@ -151,15 +151,27 @@ def cached_arrays(
     return found
 
 
-def totals(done: dict[str, Any]) -> dict[str, int]:
+def totals(done: dict[str, Any]) -> dict[str, Any]:
     """Over done markers: rows the model embedded, rows copied from cache_from, rows whose text
-    another row of the run had embedded, rows rejected, and the tokens the model embedded."""
+    another row of the run had embedded, rows rejected, the tokens the model embedded, and
+    what running out of device memory cost."""
     return {
         "rows_embedded": sum(m["embedded"] for m in done.values()),
         "rows_from_cache": sum(m.get("from_cache", 0) for m in done.values()),
         "rows_deduplicated": sum(m.get("deduplicated", 0) for m in done.values()),
         "rows_rejected": sum(m["rejected"] for m in done.values()),
         "tokens": sum(m["tokens"] for m in done.values()),
+        "device_oom": device_oom(done),
+    }
+
+
+def device_oom(done: dict[str, Any]) -> dict[str, Any]:
+    """Batches split because the device ran out of memory, and the lowest max_batch_tokens an
+    actor went down to (None when none had to)."""
+    hit = [m["device_oom"] for m in done.values() if m.get("device_oom", {}).get("splits")]
+    return {
+        "splits": sum(h["splits"] for h in hit),
+        "max_batch_tokens": min((h["max_batch_tokens"] for h in hit), default=None),
     }
 
 

@@ -60,6 +60,8 @@ class TaskResult:
     input_size: int = 0
     from_cache: int = 0
     deduplicated: int = 0
+    oom_splits: int = 0  # batches split because the device ran out of memory
+    max_batch_tokens: int = 0  # the actor's budget when the task ended (lowered by those)
 
     def as_marker(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class TaskResult:
             "tokens": self.tokens,
             "seconds": self.seconds,
             "files": self.files,
+            "device_oom": {"splits": self.oom_splits, "max_batch_tokens": self.max_batch_tokens},
         }
 
 
@@ -120,6 +123,8 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
         input_size=task.file.size,
         from_cache=result.from_cache,
         deduplicated=result.deduplicated,
+        oom_splits=found.oom_splits,
+        max_batch_tokens=embedder.max_batch_tokens,
     )
 
 

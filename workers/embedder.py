@@ -16,10 +16,12 @@ its batch mates.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,14 @@ import numpy as np
 from workers.batching import MIN_ROWS, pad_batch, plan_batches
 from workers.canary import check_canary
 from workers.embeddings import Embeddings
+from workers.errors import DeviceOutOfMemory
 from workers.finish import l2_normalize
 from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, ModelCard, check_files, read_card
 from workers.options import EmbedOptions
 from workers.prepare import Prepared, TextPreparer
 from workers.session import OnnxSession
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 2048
 # Texts tokenized ahead of the device: the first chunk is small so the device starts early, and
@@ -39,6 +44,17 @@ DEFAULT_MAX_BATCH_TOKENS = 2048
 # corpus at 4,096, as for a whole task) and the memory of prepared ids bounded.
 FIRST_CHUNK = 256
 MAX_CHUNK = 4096
+
+
+@dataclass
+class Ran:
+    """What one call's batches gave: vectors (NaN where not embedded), seconds on the device,
+    texts rejected because they did not fit the device even alone, and out-of-memory splits."""
+
+    vectors: np.ndarray
+    device_s: float = 0.0
+    errors: dict[int, str] = field(default_factory=dict)
+    splits: int = 0
 
 
 class Embedder:
@@ -113,6 +129,7 @@ class Embedder:
             np.concatenate([p.truncated for p in parts]),
             tuple(e for p in parts for e in p.errors),
             sum(p.device_s for p in parts),
+            sum(p.oom_splits for p in parts),
         )
 
     def _embed_pipelined(
@@ -133,9 +150,11 @@ class Embedder:
         return parts
 
     def _embed_prepared(self, prepared: Prepared) -> Embeddings:
-        vectors, device_s = self.run(prepared)
-        errors = tuple(prepared.errors)
-        return Embeddings(vectors, prepared.n_tokens, prepared.truncated, errors, device_s)
+        ran = self.run(prepared)
+        errors = tuple(ran.errors.get(i, e) for i, e in enumerate(prepared.errors))
+        return Embeddings(
+            ran.vectors, prepared.n_tokens, prepared.truncated, errors, ran.device_s, ran.splits
+        )
 
     def warm_up(self) -> list[tuple[int, int]]:
         """Runs one batch per length bucket up to max_seq_length, as many rows as the budget
@@ -154,25 +173,54 @@ class Embedder:
                 return shapes
             length *= 2
 
-    def run(self, prepared: Prepared) -> tuple[np.ndarray, float]:
-        """Pooled vectors in input order (NaN rows where the text was rejected), and the seconds
-        spent holding the device."""
-        vectors = np.full((len(prepared.ids), self.card.dim), np.nan, dtype=np.float32)
+    def run(self, prepared: Prepared) -> Ran:
+        """Pooled vectors in input order (NaN rows where the text was rejected), the seconds
+        spent holding the device, and what running out of device memory cost."""
+        ran = Ran(np.full((len(prepared.ids), self.card.dim), np.nan, dtype=np.float32))
         live = np.array([i for i, e in enumerate(prepared.errors) if e is None], dtype=np.int64)
-        busy = 0.0
         if len(live) == 0:
-            return vectors, busy
+            return ran
         lengths = np.array([len(prepared.ids[i]) for i in live])
         for batch in plan_batches(lengths, self.max_batch_tokens):
-            rows = live[batch]
-            input_ids, mask = pad_batch(
-                [prepared.ids[i] for i in rows], self.preparer.pad_id, min_rows=self._min_rows
-            )
+            self._run_rows(prepared, live[batch], ran)
+        return ran
+
+    def _run_rows(self, prepared: Prepared, rows: np.ndarray, ran: Ran) -> None:
+        """One batch on the device; on out-of-memory, the budget comes down to half this batch
+        for the rest of the embedder's life and the batch runs again in two halves, down to one
+        text, which becomes a reject if even it does not fit."""
+        input_ids, mask = pad_batch(
+            [prepared.ids[i] for i in rows], self.preparer.pad_id, min_rows=self._min_rows
+        )
+        try:
             with self._device:
                 clock = time.perf_counter()
-                vectors[rows] = self.session.run(input_ids, mask)[: len(rows)]
-                busy += time.perf_counter() - clock
-        return vectors, busy
+                ran.vectors[rows] = self.session.run(input_ids, mask)[: len(rows)]
+                ran.device_s += time.perf_counter() - clock
+        except DeviceOutOfMemory as err:
+            if len(rows) == 1:
+                ran.errors[int(rows[0])] = (
+                    f"text of {len(prepared.ids[rows[0]])} tokens does not fit the device's "
+                    "memory even alone; set a lower max_seq_length or embed it on a larger device"
+                )
+                log.warning("%s; rejected its one text", err)
+                return
+            self._lower_budget(input_ids.size, err)
+            ran.splits += 1
+            half = len(rows) // 2
+            self._run_rows(prepared, rows[:half], ran)
+            self._run_rows(prepared, rows[half:], ran)
+
+    def _lower_budget(self, batch_tokens: int, err: DeviceOutOfMemory) -> None:
+        lowered = max(1, min(self.max_batch_tokens, batch_tokens // 2))
+        if lowered < self.max_batch_tokens:
+            log.warning(
+                "%s: max_batch_tokens lowered from %d to %d for the rest of this run",
+                err,
+                self.max_batch_tokens,
+                lowered,
+            )
+            self.max_batch_tokens = lowered
 
 
 def chunk_spans(n: int) -> Iterator[tuple[int, int]]:

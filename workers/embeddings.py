@@ -15,6 +15,7 @@ class Embeddings:
     truncated: np.ndarray  # (n,) bool
     errors: tuple[str | None, ...]  # why each text was rejected, None where embedded
     device_s: float = 0.0  # seconds this call held the device (the rest is the device's idle)
+    oom_splits: int = 0  # batches split in two because the device ran out of memory
 
     @property
     def ok(self) -> np.ndarray:

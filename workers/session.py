@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from workers.errors import DeviceError
+from workers.errors import DeviceError, DeviceOutOfMemory, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,14 @@ class OnnxSession:
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("attention_mask", attention_mask)
         binding.bind_output(OUTPUT, self.device, self._device_id)
-        self._session.run_with_iobinding(binding)
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as err:
+            if is_out_of_memory(err):
+                rows, width = input_ids.shape
+                raise DeviceOutOfMemory(
+                    f"{self.describe()} ran out of memory on a batch of {rows} x {width} tokens"
+                ) from err
+            raise
         out: np.ndarray = binding.copy_outputs_to_cpu()[0]
         return out.astype(np.float32, copy=False)

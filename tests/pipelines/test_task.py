@@ -92,3 +92,29 @@ def test_the_driver_side_imports_no_onnxruntime():
     probe = "import sys, pipelines.run; print('onnxruntime' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert found.stdout.strip() == "False", found.stderr
+
+
+def test_a_task_on_a_device_out_of_memory_finishes_and_its_marker_says_how_often(
+    tmp_path, minilm_dir
+):
+    from pipelines.state import totals
+    from tests.workers.test_out_of_memory import limited
+
+    rows = [{"id": f"m{i}", "text": f"{word} medium text"} for i, word in enumerate("abc")]
+    rows.append({"id": "long", "text": "word " * 30})
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = plan_tasks(list_inputs(str(src)), 100)[0]
+    spec = TaskSpec(task, str(tmp_path / "out"), "id", "text", (), (), EmbedOptions(), "{}")
+    # 16 tokens a batch: two rows of 8, so the three medium texts (a batch of 3 x 8) are split
+    # and the long one (32 tokens) fits nowhere
+    small, _ = limited(minilm_dir, limit=16, budget=4096)
+    result = run_task(small, spec)
+    assert (result.embedded, result.rejected) == (3, 1)
+    rejects = pl.read_parquet(tmp_path / "out" / "_rejects" / f"part-{result.task_id}.parquet")
+    assert rejects["id"].to_list() == ["long"]
+    assert "32 tokens does not fit the device's memory even alone" in rejects["reason"][0]
+    marker = result.as_marker()
+    assert marker["device_oom"] == {"splits": 1, "max_batch_tokens": 12}
+    report = totals({"t1": marker, "t2": {**marker, "device_oom": {"splits": 0}}})
+    assert report["device_oom"] == {"splits": 1, "max_batch_tokens": 12}
