@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.batch.run import run_job
 from pipelines.config import load_config
-from pipelines.run import run_job
 
 
 def peak_rss_mb() -> float:

@@ -235,8 +235,8 @@ def time_bare(model_dir: Path, docs: list[str], args: argparse.Namespace) -> flo
 def time_run(
     model_dir: Path, docs: list[str], args: argparse.Namespace
 ) -> tuple[float, dict[str, Any]]:
+    from pipelines.batch.run import run_job
     from pipelines.config import load_config
-    from pipelines.run import run_job
 
     corpus, out = write_shards(docs, len(docs), 8, args.work / "corpus"), args.work / "out"
     shutil.rmtree(out, ignore_errors=True)

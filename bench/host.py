@@ -43,9 +43,10 @@ from common import (
 )
 
 from export.stand_in import GTE_LARGE, GTE_LARGE_MAX_SEQ_LENGTH
+from pipelines.batch.preflight import prepare
+from pipelines.batch.task import run_task
 from pipelines.config import load_config
-from pipelines.job import prepare
-from pipelines.task import TaskResult, run_task
+from pipelines.output.markers import DoneMarker
 from workers import Embedder, EmbedOptions
 from workers.actor import CONCURRENT_TASKS
 from workers.model_dir import TOKENIZER_FILE, read_card
@@ -134,7 +135,7 @@ def time_tokenizer(preparer: TextPreparer, docs: list[str]) -> tuple[float, int]
 
 def time_host(
     embedder: Embedder, model: Path, corpus: Path, out: Path, task_rows: int
-) -> tuple[float, list[TaskResult]]:
+) -> tuple[float, list[DoneMarker]]:
     """Every task of a fresh output through run_task, CONCURRENT_TASKS at a time."""
     shutil.rmtree(out, ignore_errors=True)
     job = prepare(load_config(write_conf(out, model, corpus, task_rows)))
@@ -152,7 +153,7 @@ def rates(seconds: list[float], median: float, tokens: int, docs: int) -> dict[s
     }
 
 
-def stage_seconds(results: list[TaskResult]) -> dict[str, float]:
+def stage_seconds(results: list[DoneMarker]) -> dict[str, float]:
     """Summed over tasks; two run at once, so the sum is about twice the wall time."""
     stages = results[0].seconds.keys()
     return {name: round(sum(r.seconds[name] for r in results), 3) for name in stages}

@@ -57,7 +57,7 @@ def start_server(model_dir: Path, args: argparse.Namespace) -> str:
     import ray
 
     from pipelines.config import load_config
-    from pipelines.server import start
+    from pipelines.serve.server import start
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

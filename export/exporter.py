@@ -34,14 +34,8 @@ from export.optimize import (
 from export.parity import THRESHOLDS, builtin_texts, canary_texts, measure, reference_embed
 from export.source import ExportError, Source, load_source
 from workers import Embedder, EmbedOptions
-from workers.model_dir import (
-    CARD_FILE,
-    MODEL_FILE,
-    TOKENIZER_FILE,
-    ModelCard,
-    sha256_file,
-    write_atomic,
-)
+from workers.files import sha256_file, write_atomic
+from workers.model_dir import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, ModelCard
 from workers.session import resolve_device
 
 log = logging.getLogger(__name__)

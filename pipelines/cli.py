@@ -271,11 +271,11 @@ def _runtime(args: argparse.Namespace, config: Config | None) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.cluster import ClusterError
+    from pipelines.batch.cluster import ClusterError
+    from pipelines.batch.run import run_job
+    from pipelines.inputs.readers import InputError
     from pipelines.interrupt import Interrupted
-    from pipelines.readers import InputError
-    from pipelines.run import run_job
-    from pipelines.state import StateError
+    from pipelines.output.state import StateError
 
     logging.getLogger("pipelines").setLevel(logging.INFO)
     logging.getLogger("embedpipe").setLevel(logging.INFO)
@@ -338,9 +338,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pipelines.cluster import connect
-    from pipelines.job import ensure_model
-    from pipelines.server import serve_until_stopped
+    from pipelines.batch.cluster import connect
+    from pipelines.batch.preflight import ensure_model
+    from pipelines.serve.server import serve_until_stopped
 
     logging.getLogger("pipelines").setLevel(logging.INFO)
     config = load_config(args.config, args.overrides)
@@ -355,7 +355,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipelines.status import describe
+    from pipelines.output.status import describe
 
     print(describe(args.out))
     return 0

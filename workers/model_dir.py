@@ -9,12 +9,12 @@ dimension, pooling, max length and prompts from, so it is validated strictly on 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from workers.files import sha256_file
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -99,14 +99,6 @@ def _is_required(f: dataclasses.Field[Any]) -> bool:
     return no_default and f.default_factory is dataclasses.MISSING
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_files(model_dir: str | Path, card: ModelCard, verify_checksum: bool = True) -> None:
     """Refuses a directory whose files are missing or whose model.onnx is not the carded one."""
     root = Path(model_dir)
@@ -118,28 +110,3 @@ def check_files(model_dir: str | Path, card: ModelCard, verify_checksum: bool = 
             f"{root / MODEL_FILE} does not match the sha256 in {root / CARD_FILE}: "
             "the file was changed or half-copied; re-export or re-copy the directory"
         )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Readers never see a half-written file: write beside it, then publish it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Renames a finished temporary file over path, durably: the data is flushed before the
-    rename and the rename before returning, so a marker written next never outlives its file
-    after a power cut."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,21 +25,34 @@ HASH_DTYPE = np.dtype(f"S{HASH_BYTES}")  # compares as raw bytes: sorts and sear
 
 
 def text_hash(prompt: str, text: str) -> bytes:
-    # surrogatepass: a lone surrogate (from a JSON "\ud800" escape) still hashes, to its own
-    # digest, instead of stopping the whole task.
-    raw = (prompt + text).encode("utf-8", "surrogatepass")
+    return digest128(prompt + text)
+
+
+def digest128(value: str) -> bytes:
+    """BLAKE2b-128 of a string's UTF-8 bytes: the text hash, and the id digests of the run's
+    repeat detection. surrogatepass: a lone surrogate (from a JSON "\ud800" escape) still
+    hashes, to its own digest, instead of failing the whole task."""
+    raw = value.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(raw, digest_size=HASH_BYTES).digest()
 
 
-def text_hashes(prompt: str, texts: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
-    """Digests of texts (HASH_DTYPE) and where there is none: a null or non-string value, or an
-    empty text, which no output holds a vector for."""
+@dataclass(frozen=True)
+class TextDigest:
+    """A task's text digests, row by row."""
+
+    hashes: np.ndarray  # (rows,) HASH_DTYPE; zeros where missing
+    missing: np.ndarray  # (rows,) bool: no text to hash (null, empty, not a string)
+
+
+def text_hashes(prompt: str, texts: Sequence[object]) -> TextDigest:
+    """Digests of texts and where there is none: a null or non-string value, or an empty text,
+    which no output holds a vector for."""
     missing = np.array([not (isinstance(t, str) and t) for t in texts], dtype=bool)
     digests = np.zeros(len(texts), dtype=HASH_DTYPE)
     for row, text in enumerate(texts):
         if not missing[row]:
             digests[row] = text_hash(prompt, str(text))
-    return digests, missing
+    return TextDigest(digests, missing)
 
 
 def locate(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ from export.parity import cosines, reference_embed
 from export.stand_in import build_gte_large_stand_in
 from tests.conftest import MINILM, PROMPTS, export
 from workers import Embedder, EmbedOptions, OptionError
-from workers.model_dir import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, read_card, sha256_file
+from workers.files import sha256_file
+from workers.model_dir import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, read_card
 
 
 def test_model_directory_holds_the_three_files(minilm_dir):

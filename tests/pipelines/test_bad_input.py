@@ -18,12 +18,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipelines.batch.preflight import check_paths
+from pipelines.batch.run import run_job
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.job import check_paths
-from pipelines.readers import InputError, list_inputs, read_rows
-from pipelines.run import run_job
-from pipelines.state import RunState
+from pipelines.inputs.readers import InputError, list_inputs, read_rows
+from pipelines.output.state import RunState
 
 ROOT = Path(__file__).parents[2]
 HUGE = 10_000_000  # characters in the 10 MB document
@@ -103,7 +103,7 @@ def bad_run(tmp_path_factory, minilm_dir):
     corpus = build_bad_corpus(tmp / "in")
     report = run_job(load_config(write_conf(tmp / "job.yaml", minilm_dir, corpus, tmp / "out")))
     out = Path(report["output"])
-    failed = {Path(m["file"]).name: m for m in RunState(out).failed().values()}
+    failed = {Path(m.file).name: m for m in RunState(out).failed().values()}
     parts = pl.read_parquet(out / "part-*.parquet")
     rejects = pl.read_parquet(out / "_rejects" / "*.parquet")
     return report, out, parts, rejects, failed
@@ -111,14 +111,14 @@ def bad_run(tmp_path_factory, minilm_dir):
 
 def test_invalid_utf8_csv_fails_its_file_naming_the_line_and_the_fix(bad_run):
     *_, failed = bad_run
-    message = failed["latin1.csv"]["message"]
+    message = failed["latin1.csv"].message
     assert re.search(r"latin1\.csv: line 3 \(byte 32\) is not valid UTF-8", message), message
-    assert "iconv -f latin1 -t utf-8" in message and failed["latin1.csv"]["attempts"] == 1
+    assert "iconv -f latin1 -t utf-8" in message and failed["latin1.csv"].attempts == 1
 
 
 def test_invalid_utf8_jsonl_fails_its_file_naming_the_line_and_the_fix(bad_run):
     *_, failed = bad_run
-    message = failed["latin1.jsonl"]["message"]
+    message = failed["latin1.jsonl"].message
     assert re.search(r"latin1\.jsonl: line 2 \(byte 60\) is not valid UTF-8", message), message
     assert "iconv -f latin1 -t utf-8" in message
 
@@ -153,7 +153,7 @@ def test_non_string_text_in_parquet_is_a_reject_with_its_type(bad_run):
 
 def test_jsonl_text_mixing_strings_and_numbers_fails_naming_the_line(bad_run):
     *_, failed = bad_run
-    message = failed["coerced.jsonl"]["message"]
+    message = failed["coerced.jsonl"].message
     assert "coerced.jsonl: line 2 (row 1): 'text' is a JSON number, 5, not a string" in message
     assert "Write every 'text' as a JSON string or null" in message
 
@@ -166,7 +166,7 @@ def test_a_10_mb_document_is_embedded_truncated(bad_run):
 
 def test_a_file_lacking_the_text_column_fails_alone_listing_its_columns(bad_run):
     *_, failed = bad_run
-    assert failed["nobody.parquet"]["message"].endswith(
+    assert failed["nobody.parquet"].message.endswith(
         "nobody.parquet: column(s) text not found; columns are: id, body, title. "
         "Set input.text_column"
     )
@@ -174,7 +174,7 @@ def test_a_file_lacking_the_text_column_fails_alone_listing_its_columns(bad_run)
 
 def test_a_broken_symlink_fails_its_task_naming_the_path(bad_run):
     *_, failed = bad_run
-    message = failed["broken.parquet"]["message"]
+    message = failed["broken.parquet"].message
     assert "broken.parquet is a symbolic link to a missing" in message and "gone.parquet" in message
 
 
@@ -188,7 +188,7 @@ def test_empty_files_and_a_zero_row_parquet_plan_no_task(bad_run):
 @pytest.mark.parametrize("name", ["e.csv", "e.jsonl", "e.parquet"])
 def test_an_empty_file_is_zero_rows_with_a_warning(tmp_path, caplog, name):
     (tmp_path / name).write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="pipelines.readers"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.inputs.readers"):
         [file] = list_inputs(str(tmp_path / name))
     assert (file.rows, file.error) == (0, None)
     assert f"{name} is empty (0 bytes): read as zero rows" in caplog.text
@@ -285,14 +285,14 @@ def test_a_permission_error_names_the_file(tmp_path, monkeypatch):
     def denied(*_args, **_kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("pipelines.readers.pq.ParquetFile", denied)
+    monkeypatch.setattr("pipelines.inputs.readers.pq.ParquetFile", denied)
     [file] = list_inputs(str(tmp_path / "a.parquet"))
     assert file.error is not None and file.error.endswith(
         "a.parquet: permission denied; make it readable by the user that runs embedpipe "
         "and its Ray workers"
     )
     [csv] = list_inputs(str(tmp_path / "b.csv"))
-    monkeypatch.setattr("pipelines.readers.pl.scan_csv", denied)
+    monkeypatch.setattr("pipelines.inputs.readers.pl.scan_csv", denied)
     with pytest.raises(InputError, match=r"b\.csv: permission denied"):
         read_rows(csv, 0, 2, ["id", "text"])
 

@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipelines.batch.run import run_job
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.run import run_job
 from workers import Embedder
 
 DOCS = 200

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import ServeConfig
-from pipelines.endpoint import Endpoint, ModelLoader
+from pipelines.serve.endpoint import Endpoint, ModelLoader
 from workers import Embedder, EmbedOptions
 
 

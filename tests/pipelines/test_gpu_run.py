@@ -10,8 +10,8 @@ import logging
 import polars as pl
 import pytest
 
+from pipelines.batch.run import run_job
 from pipelines.config import load_config
-from pipelines.run import run_job
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("local_ray")]
 

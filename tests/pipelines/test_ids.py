@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from pipelines.ids import digest_ids, find_repeats, task_digest
-from pipelines.planning import Task
-from pipelines.readers import InputFile
+from pipelines.batch.prepass import task_ids
+from pipelines.batch.repeated_ids import digest_ids, find_repeats
+from pipelines.inputs.planning import Task
+from pipelines.inputs.readers import InputFile
 
 
 def task(key, start, stop):
@@ -51,11 +52,11 @@ def test_a_rerun_reuses_its_id_digests_unless_the_shard_changed_size(tmp_path):
 
     calls: list[list[str]] = []
     shard = InputFile("a.csv", "a.csv", "csv", 2, 10)
-    task_digest(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
-    again = task_digest(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
+    task_ids(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
+    again = task_ids(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
     assert calls == [["a", "b"]], "a rerun read the ids again"
     assert np.array_equal(again.digests, digest_ids(["a", "b"]).digests)
     edited = InputFile("a.csv", "a.csv", "csv", 2, 12)
-    found = task_digest(Task("a-0", edited, 0, 2), out, read(["a", "a"]))
+    found = task_ids(Task("a-0", edited, 0, 2), out, read(["a", "a"]))
     assert calls[-1] == ["a", "a"], "the edited shard's stale digests were used"
     assert np.array_equal(found.digests, digest_ids(["a", "a"]).digests)

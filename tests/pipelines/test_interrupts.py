@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from tests.chaos import build_corpus, end_session, start_run, write_config
-from workers.model_dir import sha256_file
+from workers.files import sha256_file
 
 
 def wait_for_done_markers(out: Path, count: int, timeout_s: float = 180) -> int:

@@ -9,9 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.known import embed_or_copy, read_known
-from pipelines.reuse import TextDigest
-from pipelines.writers import embeddings_table, write_parquet_atomic
+from pipelines.output.part_files import embeddings_table, write_parquet_atomic
+from pipelines.reindex.embed_or_copy import embed_or_copy, read_known
 from workers import Embedder, EmbedOptions
 from workers.text_hash import text_hashes
 
@@ -28,7 +27,7 @@ def write_part(path, texts, value, n_tokens=5):
         np.full((len(texts), 384), value, np.float32),
         np.full(len(texts), n_tokens, np.int32),
         np.array([True] * len(texts)),
-        text_hashes("", texts)[0],
+        text_hashes("", texts).hashes,
         pa.table({}),
         json.dumps({}),
     )
@@ -38,7 +37,7 @@ def write_part(path, texts, value, n_tokens=5):
 
 def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, embedder):
     texts = ["alpha", "beta", "alpha", None, "gamma", "alpha"]
-    digest = TextDigest(*text_hashes("", texts))
+    digest = text_hashes("", texts)
     hashes = digest.hashes
     cached = write_part(tmp_path / "old.parquet", ["beta", "unrelated"], 0.5, n_tokens=9)
     earlier = write_part(tmp_path / "t0.parquet", ["gamma"], 0.25)
@@ -64,7 +63,7 @@ def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, e
 
 def test_everything_copied_runs_no_model(tmp_path, embedder):
     texts = ["beta", "beta"]
-    digest = TextDigest(*text_hashes("", texts))
+    digest = text_hashes("", texts)
     hashes = digest.hashes
     cache = read_known([write_part(tmp_path / "old.parquet", ["beta"], 0.5)], hashes, 384)
     empty = read_known([], hashes, 384)

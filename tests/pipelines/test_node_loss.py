@@ -15,8 +15,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from pipelines.batch.run import run_job
 from pipelines.config import load_config
-from pipelines.run import run_job
 from tests.chaos import build_corpus, descendants, write_config
 from tests.pipelines.test_interrupts import assert_consistent, wait_for_done_markers
 
@@ -66,7 +66,7 @@ def test_a_worker_node_lost_mid_run_loses_no_row(cluster, tmp_path, minilm_dir, 
 
 @pytest.mark.slow
 def test_losing_the_only_node_stops_the_run_naming_what_it_lacks(cluster, tmp_path, minilm_dir):
-    from pipelines.cluster import ClusterError
+    from pipelines.batch.cluster import ClusterError
 
     node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

@@ -1,12 +1,14 @@
 import io
 
-from pipelines.progress import Progress
-from pipelines.task import TaskResult
+from pipelines.batch.progress import Progress
+from pipelines.output.markers import DoneMarker
 
 
-def done(rows: int, tokens: int, from_cache: int = 0, deduplicated: int = 0) -> TaskResult:
-    return TaskResult(
+def done(rows: int, tokens: int, from_cache: int = 0, deduplicated: int = 0) -> DoneMarker:
+    return DoneMarker(
         task_id="t",
+        input_key="in.csv",
+        input_size=1,
         rows=rows,
         embedded=rows - from_cache - deduplicated,
         rejected=0,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.state import RunState
+from pipelines.output.state import RunState
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -96,4 +96,4 @@ def test_a_submitted_job_embeds_the_corpus(head_node, tmp_path, minilm_dir):
     assert "3/3 tasks done" in job.stdout
     assert (tmp_path / "out" / "_SUCCESS").exists()
     done = RunState(tmp_path / "out").done()
-    assert sum(m["embedded"] for m in done.values()) == 50
+    assert sum(m.embedded for m in done.values()) == 50

@@ -5,8 +5,8 @@ import json
 import polars as pl
 import pytest
 
-from pipelines.planning import plan_tasks, task_id
-from pipelines.readers import InputError, list_inputs, read_rows
+from pipelines.inputs.planning import plan_tasks, task_id
+from pipelines.inputs.readers import InputError, list_inputs, read_rows
 
 ROWS = [{"id": f"{i:05d}", "text": f"text number {i}", "title": f"t{i}"} for i in range(25)]
 

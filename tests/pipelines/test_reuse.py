@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.earlier import CacheIndex, open_cache
-from pipelines.job import check_cache_paths
-from pipelines.planning import Task
-from pipelines.readers import InputError, InputFile
-from pipelines.reuse import TextDigest, plan_reuse
-from pipelines.writers import embeddings_table, write_parquet_atomic
-from workers.text_hash import text_hash, text_hashes
+from pipelines.batch.preflight import check_cache_paths
+from pipelines.inputs.planning import Task
+from pipelines.inputs.readers import InputError, InputFile
+from pipelines.output.part_files import embeddings_table, write_parquet_atomic
+from pipelines.reindex.cache_from import CacheIndex, open_cache
+from pipelines.reindex.plan import plan_reuse
+from workers.text_hash import TextDigest, text_hash, text_hashes
 
 OURS = {
     "model": {"source": "m", "onnx_sha256": "aaa", "dim": 2},
@@ -25,7 +25,7 @@ OURS = {
 
 
 def part_file(path: Path, texts: list[str], fingerprint: dict) -> Path:
-    hashes, _ = text_hashes("", texts)
+    hashes = text_hashes("", texts).hashes
     table = embeddings_table(
         [f"id{i}" for i in range(len(texts))],
         np.arange(2 * len(texts), dtype=np.float32).reshape(-1, 2),
@@ -46,7 +46,8 @@ def test_the_text_hash_is_blake2b_128_of_prompt_and_text():
         text_hash("query: ", "héllo")
         == hashlib.blake2b("query: héllo".encode(), digest_size=16).digest()
     )
-    hashes, missing = text_hashes("", ["a", None, "", 7, "a"])
+    digest = text_hashes("", ["a", None, "", 7, "a"])
+    hashes, missing = digest.hashes, digest.missing
     assert missing.tolist() == [False, True, True, True, False]
     assert hashes[0] == hashes[4] != hashes[1]
 
@@ -73,7 +74,7 @@ def test_only_files_of_the_same_model_and_options_are_indexed(tmp_path):
         in sources[1].skipped[str(tmp_path / "raw" / "part-d.parquet")]
     )
     assert sources[2].skipped == {str(tmp_path / "nowhere"): "no part files there"}
-    found = index.lookup(text_hashes("", ["y", "w", "z", "nope"])[0])
+    found = index.lookup(text_hashes("", ["y", "w", "z", "nope"]).hashes)
     assert [index.files[f] if f >= 0 else None for f in found] == [
         str(old / "part-a.parquet"),
         None,
@@ -101,8 +102,7 @@ def tasks_of(*names: str) -> list[Task]:
 
 
 def digests(*texts: str | None) -> TextDigest:
-    hashes, missing = text_hashes("", list(texts))
-    return TextDigest(hashes, missing)
+    return text_hashes("", list(texts))
 
 
 def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_path):

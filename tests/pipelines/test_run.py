@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.batch.run import run_job
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.run import run_job
-from pipelines.state import RunState
-from pipelines.writers import FINGERPRINT_KEY
+from pipelines.output.fingerprint import FINGERPRINT_KEY
+from pipelines.output.state import RunState
 from workers import Embedder
 
 ROWS_PER_SHARD = 30
@@ -171,9 +171,9 @@ def test_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_completes(job_conf,
     assert len(failed) == 1
     marker = next(iter(failed.values()))
     assert (
-        marker["file"].endswith("s1.parquet") and "cannot read it as parquet" in marker["message"]
+        marker.file.endswith("s1.parquet") and "cannot read it as parquet" in marker.message
     )
-    assert marker["attempts"] == 1  # an unreadable file is not retried: it would fail the same
+    assert marker.attempts == 1  # an unreadable file is not retried: it would fail the same
     assert not (out / "_SUCCESS").exists()
     assert len(RunState(out).done()) == 15  # 5 good shards, each 30 rows in tasks of 12
     printed = capsys.readouterr().out

@@ -63,7 +63,7 @@ def server(tmp_path_factory, minilm_dir):
     import ray
     from ray import serve
 
-    from pipelines.server import start
+    from pipelines.serve.server import start
 
     root = tmp_path_factory.mktemp("serve")
     port = free_port()
@@ -145,8 +145,8 @@ def test_raw_http_errors_routes_and_the_cache_header(server):
 
 def gated_deployment():
     """The server, with its model load held until a file appears: loading made observable."""
-    from pipelines.endpoint import ModelLoader
-    from pipelines.server import FeatureExtraction
+    from pipelines.serve.endpoint import ModelLoader
+    from pipelines.serve.server import FeatureExtraction
 
     class GatedLoad(FeatureExtraction.func_or_class):  # type: ignore[name-defined,misc]
         def __init__(self, model_dir, settings, defaults, runtime, gate):

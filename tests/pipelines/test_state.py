@@ -1,8 +1,11 @@
 """Run state: the fingerprint guard, the lock, and markers."""
 
+import json
+
 import pytest
 
-from pipelines.state import RunState, StateError
+from pipelines.output.markers import DoneMarker, FailedMarker
+from pipelines.output.state import RunState, StateError
 
 FINGERPRINT = {"model": {"sha256": "aaa", "dim": 384}, "options": {"normalize": True}}
 
@@ -36,10 +39,25 @@ def test_a_second_run_on_a_held_output_is_refused(tmp_path):
 
 def test_done_clears_failed_and_markers_read_back(tmp_path):
     state = RunState(tmp_path)
-    state.mark_failed("t1", {"error": "boom", "attempts": 1})
-    assert state.failed() == {"t1": {"error": "boom", "attempts": 1}}
-    state.mark_done("t1", {"rows": 5})
-    assert state.done() == {"t1": {"rows": 5}} and state.failed() == {}
+    failed = FailedMarker("t1", "in.csv", (0, 5), "ValueError", "boom", "trace", 1)
+    state.mark_failed(failed)
+    assert state.failed() == {"t1": failed}
+    done = DoneMarker("t1", "in.csv", 10, rows=5, embedded=5, rejected=0, tokens=40)
+    state.mark_done(done)
+    assert state.done() == {"t1": done} and state.failed() == {}
+
+
+def test_a_marker_written_before_the_reindex_and_oom_fields_reads_with_them_at_zero(tmp_path):
+    old = {"input": {"key": "a.csv", "size": 3}, "rows": 2, "embedded": 2, "rejected": 0}
+    (tmp_path / "_state" / "done").mkdir(parents=True)
+    (tmp_path / "_state" / "done" / "t1.json").write_text(json.dumps({**old, "tokens": 9}))
+    marker = RunState(tmp_path).done()["t1"]
+    assert (marker.from_cache, marker.deduplicated, marker.oom_splits, marker.files) == (
+        0,
+        0,
+        0,
+        (),
+    )
 
 
 def test_a_changed_input_listing_is_named_by_entry(tmp_path):

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.state import RunState
+from pipelines.output.state import RunState
 from tests.chaos import build_corpus, end_session, start_run, write_config
 from tests.pipelines.test_interrupts import assert_consistent, wait_for_done_markers
 
@@ -66,9 +66,9 @@ def test_a_full_disk_fails_the_tasks_with_path_and_error_and_a_rerun_completes(f
     failed = RunState(out).failed()
     assert failed, "no task met the full disk"
     for task_id, marker in failed.items():
-        assert marker["attempts"] == 2  # retried once (run.max_retries: 1), then failed
-        assert "[Errno 28] No space left on device" in marker["message"]
-        assert f"{out}/" in marker["message"] and task_id in marker["message"]
+        assert marker.attempts == 2  # retried once (run.max_retries: 1), then failed
+        assert "[Errno 28] No space left on device" in marker.message
+        assert f"{out}/" in marker.message and task_id in marker.message
     assert not (out / "_SUCCESS").exists()
     assert_nothing_half_written(out)
     rerun_after_clearing()

@@ -1,14 +1,15 @@
 """One task run directly (no Ray): every row lands in the part or the rejects, exactly once."""
 
+import dataclasses
 import json
 
 import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.planning import plan_tasks
-from pipelines.readers import list_inputs
-from pipelines.task import TaskSpec, id_problems, run_task
+from pipelines.batch.task import TaskSpec, id_problems, run_task
+from pipelines.inputs.planning import plan_tasks
+from pipelines.inputs.readers import list_inputs
 from workers import Embedder, EmbedOptions
 
 ROWS = [
@@ -89,7 +90,7 @@ def test_the_driver_side_imports_no_onnxruntime():
     import subprocess
     import sys
 
-    probe = "import sys, pipelines.run; print('onnxruntime' in sys.modules)"
+    probe = "import sys, pipelines.batch.run; print('onnxruntime' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert found.stdout.strip() == "False", found.stderr
 
@@ -97,7 +98,7 @@ def test_the_driver_side_imports_no_onnxruntime():
 def test_a_task_on_a_device_out_of_memory_finishes_and_its_marker_says_how_often(
     tmp_path, minilm_dir
 ):
-    from pipelines.state import totals
+    from pipelines.output.markers import totals
     from tests.workers.test_out_of_memory import limited
 
     rows = [{"id": f"m{i}", "text": f"{word} medium text"} for i, word in enumerate("abc")]
@@ -114,7 +115,7 @@ def test_a_task_on_a_device_out_of_memory_finishes_and_its_marker_says_how_often
     rejects = pl.read_parquet(tmp_path / "out" / "_rejects" / f"part-{result.task_id}.parquet")
     assert rejects["id"].to_list() == ["long"]
     assert "32 tokens does not fit the device's memory even alone" in rejects["reason"][0]
-    marker = result.as_marker()
-    assert marker["device_oom"] == {"splits": 1, "max_batch_tokens": 12}
-    report = totals({"t1": marker, "t2": {**marker, "device_oom": {"splits": 0}}})
+    assert result.to_json()["device_oom"] == {"splits": 1, "max_batch_tokens": 12}
+    untouched = dataclasses.replace(result, oom_splits=0, max_batch_tokens=4096)
+    report = totals({"t1": result, "t2": untouched})
     assert report["device_oom"] == {"splits": 1, "max_batch_tokens": 12}

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.writers import (
+from pipelines.output.part_files import (
     FINGERPRINT_KEY,
     embeddings_table,
     hashes_of,

@@ -16,21 +16,13 @@ fails for good, it embeds those texts itself (as it does for any text it cannot 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.earlier import CacheIndex
-from pipelines.planning import Task
-from pipelines.state import cached_arrays, digest_path
-from workers.text_hash import HASH_DTYPE, text_hashes
-
-
-@dataclass(frozen=True)
-class TextDigest:
-    hashes: np.ndarray  # (rows,) HASH_DTYPE
-    missing: np.ndarray  # (rows,) bool: no text to hash (null, empty, not a string)
+from pipelines.inputs.planning import Task
+from pipelines.reindex.cache_from import CacheIndex
+from workers.text_hash import HASH_DTYPE, TextDigest
 
 
 @dataclass(frozen=True)
@@ -39,20 +31,6 @@ class Reuse:
 
     cache_files: tuple[str, ...] = ()  # cache_from part files holding some of its texts
     owners: tuple[str, ...] = ()  # earlier tasks of this run holding some of its texts
-
-
-def task_texts(
-    task: Task, prompt: str, out: str, read_texts: Callable[[], list[object]]
-) -> TextDigest:
-    """Runs on an actor: the digests of the task's texts, from the cache when an earlier run of
-    this output made them (the output's fingerprint fixes the prompt)."""
-
-    def compute() -> dict[str, np.ndarray]:
-        hashes, missing = text_hashes(prompt, read_texts())
-        return {"hashes": hashes, "missing": missing}
-
-    saved = cached_arrays(digest_path(out, "texts", task.task_id, task.file.size), compute)
-    return TextDigest(saved["hashes"], saved["missing"])
 
 
 def plan_reuse(

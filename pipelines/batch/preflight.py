@@ -1,9 +1,6 @@
-"""Everything the driver decides before any actor starts: the model directory (exported on first
-use), the input listing and tasks, the run fingerprint and the output's state.
-
-The fingerprint holds what determines the vectors and the layout (model sha256, embedding
-options, columns, rows_per_task, partitioning, the input listing, the schema); batch size and
-actor count are left out on purpose: they change speed, not results.
+"""Pre-flight: everything the driver decides before any actor starts: the model directory
+(exported on first use), the paths, the input listing and tasks, and the run's fingerprint
+(output/fingerprint.py). A mistake found here costs no Ray start and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from pipelines.batch.task import TaskSpec
 from pipelines.config import Config, ConfigError, InputConfig
-from pipelines.planning import Task, plan_tasks, require_columns
-from pipelines.readers import InputError, InputFile, list_inputs
-from pipelines.task import TaskSpec
+from pipelines.inputs.planning import Task, plan_tasks, require_columns
+from pipelines.inputs.readers import InputError, InputFile, list_inputs
+from pipelines.output.fingerprint import build_fingerprint
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
 from workers.options import OptionError, prompt_for
 
@@ -74,7 +72,9 @@ def prepare(config: Config) -> Job:
         prompt = prompt_for(card, config.embedding.options())
     except OptionError as err:
         raise ConfigError(f"embedding.prompt_name: {err}") from err
-    return Job(config, model_dir, card, files, tasks, fingerprint(config, card, files), prompt)
+    return Job(
+        config, model_dir, card, files, tasks, build_fingerprint(config, card, files), prompt
+    )
 
 
 def required_columns(inp: InputConfig) -> dict[str, str]:
@@ -156,26 +156,6 @@ def ensure_model(config: Config) -> Path:
     # every actor failing to load.
     check_files(model_dir, card)
     return model_dir
-
-
-def fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -> dict[str, Any]:
-    inp, out = config.input, config.output
-    return {
-        "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
-        "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),
-        "columns": {
-            "id": inp.id_column,
-            "text": inp.text_column,
-            "keep": list(inp.keep_columns),
-            "partition_by": list(out.partition_by),
-        },
-        "rows_per_task": inp.rows_per_task,
-        # Keys only: a shard fixed after a failed run must not make its output refuse the rerun.
-        # A changed file under a done task is caught by that task's done marker instead.
-        "inputs": [{"key": f.key, "format": f.format} for f in files],
-        "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
-        "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
-    }
 
 
 def save_resolved_config(config: Config, out: Path) -> None:

@@ -22,12 +22,13 @@ from typing import IO, Any, cast
 
 import numpy as np
 
-from pipelines.faults import check_write
-from workers.model_dir import write_atomic
+from pipelines.output.faults import check_write
+from pipelines.output.fingerprint import FINGERPRINT_FILE, diff
+from pipelines.output.markers import DoneMarker, FailedMarker
+from workers.files import TEMPORARY_GLOB, atomic_path
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_FILE = "_embedpipe.json"
 SUCCESS_FILE = "_SUCCESS"
 
 
@@ -78,24 +79,26 @@ class RunState:
                 f"({'; '.join(differences[:5])}); write to a new output.path"
             )
 
-    def done(self) -> dict[str, dict[str, Any]]:
-        return _read_markers(self.state / "done")
+    def done(self) -> dict[str, DoneMarker]:
+        raw = _read_markers(self.state / "done")
+        return {k: DoneMarker.from_json(k, v) for k, v in raw.items()}
 
-    def failed(self) -> dict[str, dict[str, Any]]:
-        return _read_markers(self.state / "failed")
+    def failed(self) -> dict[str, FailedMarker]:
+        raw = _read_markers(self.state / "failed")
+        return {k: FailedMarker.from_json(k, v) for k, v in raw.items()}
 
-    def settled(self, planned: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def settled(self, planned: set[str]) -> tuple[dict[str, DoneMarker], dict[str, FailedMarker]]:
         """Done and failed markers of the planned tasks; a task done after failing is done."""
         done = {k: v for k, v in self.done().items() if k in planned}
         failed = {k: v for k, v in self.failed().items() if k in planned and k not in done}
         return done, failed
 
-    def mark_done(self, task_id: str, info: dict[str, Any]) -> None:
-        _write_marker(self.state / "done" / f"{task_id}.json", info)
-        (self.state / "failed" / f"{task_id}.json").unlink(missing_ok=True)
+    def mark_done(self, marker: DoneMarker) -> None:
+        _write_marker(self.state / "done" / f"{marker.task_id}.json", marker.to_json())
+        (self.state / "failed" / f"{marker.task_id}.json").unlink(missing_ok=True)
 
-    def mark_failed(self, task_id: str, info: dict[str, Any]) -> None:
-        _write_marker(self.state / "failed" / f"{task_id}.json", info)
+    def mark_failed(self, marker: FailedMarker) -> None:
+        _write_marker(self.state / "failed" / f"{marker.task_id}.json", marker.to_json())
 
     def write_plan(self, tasks: list[dict[str, Any]]) -> None:
         _write_marker(self.state / "plan.json", {"tasks": tasks})
@@ -116,7 +119,7 @@ class RunState:
     def sweep_temporaries(self) -> int:
         """Removes the temporary files of writes that a killed process never finished (every
         write here goes to `.NAME.tmp-PID` first); only the lock holder may call it."""
-        stray = [p for p in self.out.rglob(".*.tmp-*") if p.is_file()]
+        stray = [p for p in self.out.rglob(TEMPORARY_GLOB) if p.is_file()]
         for path in stray:
             path.unlink(missing_ok=True)
         if stray:
@@ -139,40 +142,12 @@ def cached_arrays(
         with np.load(path) as saved:
             return {name: saved[name] for name in saved.files}
     found = compute()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **cast(dict[str, Any], found))  # (numpy's stub types the kwargs as bool)
-        check_write(path)
-        os.replace(tmp, path)
+        with atomic_path(path, before_publish=check_write) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **cast(dict[str, Any], found))  # (numpy's stub types kwargs as bool)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         log.warning("cannot cache digests at %s: %s", path, err)
     return found
-
-
-def totals(done: dict[str, Any]) -> dict[str, Any]:
-    """Over done markers: rows the model embedded, rows copied from cache_from, rows whose text
-    another row of the run had embedded, rows rejected, the tokens the model embedded, and
-    what running out of device memory cost."""
-    return {
-        "rows_embedded": sum(m["embedded"] for m in done.values()),
-        "rows_from_cache": sum(m.get("from_cache", 0) for m in done.values()),
-        "rows_deduplicated": sum(m.get("deduplicated", 0) for m in done.values()),
-        "rows_rejected": sum(m["rejected"] for m in done.values()),
-        "tokens": sum(m["tokens"] for m in done.values()),
-        "device_oom": device_oom(done),
-    }
-
-
-def device_oom(done: dict[str, Any]) -> dict[str, Any]:
-    """Batches split because the device ran out of memory, and the lowest max_batch_tokens an
-    actor went down to (None when none had to)."""
-    hit = [m["device_oom"] for m in done.values() if m.get("device_oom", {}).get("splits")]
-    return {
-        "splits": sum(h["splits"] for h in hit),
-        "max_batch_tokens": min((h["max_batch_tokens"] for h in hit), default=None),
-    }
 
 
 def _write_marker(path: Path, info: dict[str, Any]) -> None:
@@ -183,9 +158,8 @@ def _write(path: Path, text: str) -> None:
     """Writes a state file atomically; a disk that is full or read-only stops the run with the
     path and the error, since progress that cannot be recorded would only be redone."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_write(path)
-        write_atomic(path, text)
+        with atomic_path(path, before_publish=check_write) as tmp:
+            tmp.write_text(text)
     except OSError as err:
         raise StateError(
             f"cannot write the run state at {path}: {err.strerror or err}; free space or fix "
@@ -197,33 +171,3 @@ def _read_markers(directory: Path) -> dict[str, dict[str, Any]]:
     if not directory.is_dir():
         return {}
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
-
-
-def diff(
-    old: Any, new: Any, where: str = "", labels: tuple[str, str] = ("here", "now")
-) -> list[str]:
-    """Human-readable differences between two JSON values, by key path; `labels` say where
-    each side comes from."""
-    then, now = labels
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in sorted(old.keys() | new.keys()):
-            path = f"{where}.{key}" if where else key
-            found += diff(old.get(key), new.get(key), path, labels)
-        return found
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [
-            d
-            for i, (a, b) in enumerate(zip(old, new, strict=True))
-            for d in diff(a, b, f"{where}[{i}]", labels)
-        ]
-    if isinstance(old, list) and isinstance(new, list):
-        return [f"{where}: {len(old)} entries {then}, {len(new)} {now}"]
-    if old != new:
-        return [f"{where or 'fingerprint'}: {_short(old)} {then}, {_short(new)} {now}"]
-    return []
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."

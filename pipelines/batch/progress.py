@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from pipelines.task import TaskResult
+    from pipelines.output.markers import DoneMarker
 
 log = logging.getLogger("embedpipe.progress")
 
@@ -31,7 +31,7 @@ class Progress:
         self._started = time.monotonic()
         self._shown = 0.0
 
-    def task_done(self, result: TaskResult) -> None:
+    def task_done(self, result: DoneMarker) -> None:
         self.rows += result.rows
         self.tokens += result.tokens
         self.from_cache += result.from_cache

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.reuse import TextDigest
-from pipelines.writers import hashes_of
+from pipelines.output.part_files import hashes_of
 from workers import Embeddings, EmbedOptions
-from workers.text_hash import HASH_DTYPE, locate
+from workers.text_hash import HASH_DTYPE, TextDigest, locate
 
 if TYPE_CHECKING:  # only actors run this, and only they load the embedder
     from workers import Embedder

@@ -24,49 +24,58 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
-from pipelines.cluster import ClusterError
+from pipelines.batch.cluster import GONE, RESTARTING, ClusterError, answer
+from pipelines.batch.preflight import Job
+from pipelines.batch.progress import Progress
+from pipelines.batch.task import TaskSpec, run_task
+from pipelines.inputs.planning import Task
+from pipelines.inputs.readers import InputError
 from pipelines.interrupt import StopRequest
-from pipelines.job import Job
-from pipelines.planning import Task
-from pipelines.progress import Progress
-from pipelines.readers import InputError
-from pipelines.reuse import Reuse
-from pipelines.state import RunState
-from pipelines.task import TaskResult, TaskSpec, run_task
+from pipelines.output.markers import DoneMarker, FailedMarker
+from pipelines.output.state import RunState
+from pipelines.reindex.plan import Reuse
 from workers.actor import CONCURRENT_TASKS
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TaskPlans:
+    """What the prepass decided per task id: its repeated rows and what it copies."""
+
+    repeats: dict[str, dict[int, str]] = field(default_factory=dict)  # row -> reason
+    reuse: dict[str, Reuse] = field(default_factory=dict)
+
+
 class Driver:
+    """Retries follow job.config.run (max_retries, and wait_timeout_s for actors to come
+    back); backoff_s is the first retry's delay, doubling with each attempt."""
+
     def __init__(
         self,
         job: Job,
         state: RunState,
         actors: list[Any],
         progress: Progress,
-        max_retries: int,
-        repeats: dict[str, dict[int, str]] | None = None,
-        backoff_s: float = 1.0,
+        plans: TaskPlans | None = None,
         stop: StopRequest | None = None,
-        stall_s: float = 600.0,
-        reuse: dict[str, Reuse] | None = None,
+        backoff_s: float = 1.0,
     ) -> None:
         self.job, self.state, self.progress = job, state, progress
-        self.repeats = repeats or {}
-        self.reuse = reuse or {}
+        plans = plans or TaskPlans()
+        self.repeats, self.reuse = plans.repeats, plans.reuse
         # part files of the tasks done so far, by task: where later tasks copy vectors from
-        self.part_files = {k: _parts(v, state.out) for k, v in state.done().items()}
+        self.part_files = {k: v.part_paths(state.out) for k, v in state.done().items()}
         self.settled = set(self.part_files)
-        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.max_retries, self.backoff_s = job.config.run.max_retries, backoff_s
         self.stop = stop or StopRequest()
-        self.stall_s = stall_s
+        self.stall_s = job.config.run.wait_timeout_s
         self._no_actor_since: float | None = None
         # One slot per call an actor runs at once; a slot returns when its call ends.
         self.idle = [actor for actor in actors for _ in range(CONCURRENT_TASKS)]
@@ -175,7 +184,7 @@ class Driver:
     def finished(self, ref: Any) -> None:
         actor, task = self.in_flight.pop(ref)
         try:
-            result: TaskResult = ray.get(ref)
+            marker: DoneMarker = ray.get(ref)
         except RayActorError as err:
             self.actor_lost(actor, task, err)
             return
@@ -184,12 +193,11 @@ class Driver:
             self.task_raised(task, err)
             return
         self.idle.append(actor)
-        marker = result.as_marker()
-        self.state.mark_done(task.task_id, marker)
-        self.part_files[task.task_id] = _parts(marker, self.state.out)
+        self.state.mark_done(marker)
+        self.part_files[task.task_id] = marker.part_paths(self.state.out)
         self.settled.add(task.task_id)
-        self.device_s += result.seconds.get("device", 0.0)
-        self.progress.task_done(result)
+        self.device_s += marker.seconds.get("device", 0.0)
+        self.progress.task_done(marker)
 
     def actor_lost(self, actor: Any, task: Task, err: RayActorError) -> None:
         log.warning("actor died running %s; resubmitting it (%s)", task.task_id, err)
@@ -202,18 +210,16 @@ class Driver:
 
     def probed(self, ref: Any) -> None:
         actor = self.probing.pop(ref)
-        try:
-            ray.get(ref)
-        except ActorUnavailableError:
-            time.sleep(0.2)  # still restarting: ask again rather than give the slot up
+        said, err = answer(ref)
+        if said == RESTARTING:
+            time.sleep(0.2)  # ask again rather than give the slot up
             self.probing[actor.ready.remote()] = actor
-            return
-        except RayActorError as err:
+        elif said == GONE:
             log.error("an actor is gone for good: %s", err)
             if not (self.idle or self.in_flight or self.probing):
                 raise ClusterError(f"every actor died; the last error: {err}") from err
-            return
-        self.idle.append(actor)
+        else:
+            self.idle.append(actor)
 
     def task_raised(self, task: Task, err: RayTaskError) -> None:
         self.attempts[task.task_id] += 1
@@ -232,15 +238,15 @@ class Driver:
         self.settled.add(task.task_id)  # tasks waiting on it embed its texts themselves
         cause = getattr(err, "cause", None) or err
         self.state.mark_failed(
-            task.task_id,
-            {
-                "file": task.file.path,
-                "rows": [task.start, task.stop],
-                "error_type": type(cause).__name__,
-                "message": reason,
-                "traceback": str(err),
-                "attempts": self.attempts[task.task_id],
-            },
+            FailedMarker(
+                task_id=task.task_id,
+                file=task.file.path,
+                rows=(task.start, task.stop),
+                error_type=type(cause).__name__,
+                message=reason,
+                traceback=str(err),
+                attempts=self.attempts[task.task_id],
+            )
         )
         self.progress.task_failed()
         log.error(
@@ -249,8 +255,3 @@ class Driver:
             self.attempts[task.task_id],
             reason,
         )
-
-
-def _parts(marker: dict[str, Any], out: Path) -> tuple[str, ...]:
-    """The part files a done marker names (not its rejects), as paths."""
-    return tuple(str(out / f["path"]) for f in marker["files"] if not f.get("rejects"))

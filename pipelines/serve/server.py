@@ -26,10 +26,10 @@ from ray.serve import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pipelines.api import ApiError
 from pipelines.config import Config, ServeConfig
-from pipelines.endpoint import Endpoint, ModelLoader
 from pipelines.interrupt import SIGNALS
+from pipelines.serve.api import ApiError
+from pipelines.serve.endpoint import Endpoint, ModelLoader
 from workers import EmbedOptions
 from workers.model_dir import MODEL_FILE, read_card
 

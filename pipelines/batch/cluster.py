@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from pipelines.config import Config
 from pipelines.interrupt import StopRequest
@@ -48,8 +49,11 @@ def plan_actors(config: Config, n_tasks: int) -> ActorPlan:
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     device = workers.device if workers.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda":
-        count = gpus if workers.num_actors == "auto" else int(workers.num_actors)
-        plan = ActorPlan("cuda", max(count, 1), 1, 1)
+        count = max(gpus if workers.num_actors == "auto" else int(workers.num_actors), 1)
+        # A GPU actor's CPUs tokenize for it (its tokenizer threads follow them), as many as
+        # asked while the cluster has that many per GPU actor.
+        per = max(min(workers.cpus_per_actor, cpus // count), 1)
+        plan = ActorPlan("cuda", count, per, 1)
     else:
         per = min(workers.cpus_per_actor, max(cpus, 1))
         count = max(cpus // per, 1) if workers.num_actors == "auto" else int(workers.num_actors)
@@ -98,7 +102,7 @@ def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None, stop: S
         for ref in done:
             try:
                 info = ray.get(ref)
-            except ray.exceptions.RayActorError as err:
+            except RayActorError as err:
                 raise ClusterError(f"an actor could not load the model: {err}") from err
             log.info("actor ready: pid %s on %s (%s)", info["pid"], info["node"], info["device"])
         if pending and time.monotonic() > deadline:
@@ -109,3 +113,45 @@ def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None, stop: S
                 f"{len(pending)} of {len(actors)} actor(s) not ready after {timeout_s:g} s: "
                 f"{reason}. Raise run.wait_timeout_s, or change workers.device/num_actors"
             )
+
+
+READY, RESTARTING, GONE = "ready", "restarting", "gone"
+
+
+def answer(ref: Any) -> tuple[str, Exception | None]:
+    """What an actor's `ready` probe says: ready, restarting (Ray brings it back: ask again), or
+    gone for good, with Ray's error."""
+    try:
+        ray.get(ref)
+    except ActorUnavailableError as err:
+        return RESTARTING, err
+    except RayActorError as err:
+        return GONE, err
+    return READY, None
+
+
+def live_actors(actors: list[Any], wait_s: float, stop: StopRequest) -> list[Any]:
+    """The actors that answer `ready`, waiting while Ray restarts the others; once one answers,
+    the caller goes on with those that do rather than wait on a slow one."""
+    deadline = time.monotonic() + wait_s
+    probes = {actor.ready.remote(): actor for actor in actors}
+    live: list[Any] = []
+    while probes:
+        stop.check()
+        ready, _ = ray.wait(list(probes), num_returns=len(probes), timeout=1.0)
+        for ref in ready:
+            actor = probes.pop(ref)
+            said, _ = answer(ref)
+            if said == READY:
+                live.append(actor)
+            elif said == RESTARTING:
+                time.sleep(0.2)
+                probes[actor.ready.remote()] = actor
+        if (live and not ready) or time.monotonic() > deadline:
+            break
+    if not live:
+        raise ClusterError(
+            f"no actor answered within {wait_s:g} s; the cluster lacks the resources to "
+            "restart them. Add nodes or lower workers.num_actors, and rerun"
+        )
+    return live

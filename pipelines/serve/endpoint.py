@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.api import ApiError, Query, bearer_ok, flag, is_api_path, parse_body
-from pipelines.cache import VectorCache
 from pipelines.config import ServeConfig
+from pipelines.serve.api import ApiError, Query, bearer_ok, flag, is_api_path, parse_body
+from pipelines.serve.vector_cache import VectorCache
 from workers import EmbedOptions, OptionError
 
 if TYPE_CHECKING:  # the endpoint itself never imports onnxruntime

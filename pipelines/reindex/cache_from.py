@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.state import FINGERPRINT_FILE, diff
-from pipelines.writers import FINGERPRINT_KEY, hashes_of
+from pipelines.output.fingerprint import FINGERPRINT_FILE, FINGERPRINT_KEY, diff
+from pipelines.output.part_files import hashes_of
 from workers.text_hash import HASH_DTYPE, locate
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.state import FINGERPRINT_FILE, SUCCESS_FILE, RunState, StateError, totals
+from pipelines.output.fingerprint import FINGERPRINT_FILE
+from pipelines.output.markers import totals
+from pipelines.output.state import SUCCESS_FILE, RunState, StateError
 
 
 def describe(out: Path) -> str:
@@ -34,8 +36,8 @@ def describe(out: Path) -> str:
     ]
     for task_id, marker in failed.items():
         lines.append(
-            f"failed {task_id} ({marker['file']}, rows {marker['rows'][0]}-{marker['rows'][1]}, "
-            f"{_attempts(marker['attempts'])}): {marker['message']}"
+            f"failed {task_id} ({marker.file}, rows {marker.rows[0]}-{marker.rows[1]}, "
+            f"{_attempts(marker.attempts)}): {marker.message}"
         )
     return "\n".join(lines)
 

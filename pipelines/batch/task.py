@@ -11,18 +11,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.known import Resolved, embed_all, embed_or_copy, read_known
-from pipelines.planning import Task
-from pipelines.readers import read_rows
-from pipelines.reuse import TextDigest
-from pipelines.writers import embeddings_table, partitions, rejects_table, write_parquet_atomic
+from pipelines.inputs.planning import Task
+from pipelines.inputs.readers import read_rows
+from pipelines.output.markers import DoneMarker, PartFile
+from pipelines.output.part_files import (
+    embeddings_table,
+    partitions,
+    rejects_table,
+    write_parquet_atomic,
+)
+from pipelines.reindex.embed_or_copy import Resolved, embed_all, embed_or_copy, read_known
 from workers import EmbedOptions
-from workers.text_hash import text_hashes
+from workers.text_hash import TextDigest, text_hashes
 
 if TYPE_CHECKING:  # the driver builds specs; only actors need the embedder (and onnxruntime)
     from workers import Embedder
@@ -47,38 +52,7 @@ class TaskSpec:
     run_files: tuple[str, ...] = ()  # this run's part files that hold some of its texts
 
 
-@dataclass(frozen=True)
-class TaskResult:
-    task_id: str
-    rows: int
-    embedded: int  # rows the model computed
-    rejected: int
-    tokens: int
-    seconds: dict[str, float]
-    files: list[dict[str, Any]] = field(default_factory=list)
-    input_key: str = ""
-    input_size: int = 0
-    from_cache: int = 0
-    deduplicated: int = 0
-    oom_splits: int = 0  # batches split because the device ran out of memory
-    max_batch_tokens: int = 0  # the actor's budget when the task ended (lowered by those)
-
-    def as_marker(self) -> dict[str, Any]:
-        return {
-            "input": {"key": self.input_key, "size": self.input_size},
-            "rows": self.rows,
-            "embedded": self.embedded,
-            "from_cache": self.from_cache,
-            "deduplicated": self.deduplicated,
-            "rejected": self.rejected,
-            "tokens": self.tokens,
-            "seconds": self.seconds,
-            "files": self.files,
-            "device_oom": {"splits": self.oom_splits, "max_batch_tokens": self.max_batch_tokens},
-        }
-
-
-def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
+def run_task(embedder: Embedder, spec: TaskSpec) -> DoneMarker:
     task, clock = spec.task, time.perf_counter()
     columns = list(dict.fromkeys([spec.id_column, spec.text_column, *spec.keep_columns]))
     frame = read_rows(task.file, task.start, task.stop, columns)
@@ -88,7 +62,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     live = [i for i, r in enumerate(reasons) if r is None]
     texts = frame[spec.text_column].to_list()
     live_texts = [texts[i] for i in live]
-    digest = TextDigest(*text_hashes(spec.prompt, live_texts))
+    digest = text_hashes(spec.prompt, live_texts)
     result = resolve(embedder, spec, live_texts, digest)
     found = result.rows
     for i, error in zip(live, found.errors, strict=True):
@@ -109,18 +83,16 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> TaskResult:
     files = write_parts(table, spec)
     files += write_rejects(ids, reasons, spec)
     write_s = time.perf_counter() - clock
-    return TaskResult(
+    return DoneMarker(
         task_id=task.task_id,
+        input_key=task.file.key,
+        input_size=task.file.size,
         rows=task.rows,
         embedded=result.embedded,
         rejected=task.rows - len(rows),
-        tokens=result.tokens,  # the model's: copied rows cost none
-        # "device" is the part of "embed" spent running the model; the rest is tokenizing and
-        # waiting for the other task of the actor to release the device.
+        tokens=result.tokens,
         seconds={"read": read_s, "embed": embed_s, "device": found.device_s, "write": write_s},
-        files=files,
-        input_key=task.file.key,
-        input_size=task.file.size,
+        files=tuple(files),
         from_cache=result.from_cache,
         deduplicated=result.deduplicated,
         oom_splits=found.oom_splits,
@@ -151,20 +123,20 @@ def id_problems(ids: list[str | None], repeats: dict[int, str]) -> list[str | No
     return reasons
 
 
-def write_parts(table: pa.Table, spec: TaskSpec) -> list[dict[str, Any]]:
+def write_parts(table: pa.Table, spec: TaskSpec) -> list[PartFile]:
     if table.num_rows == 0:
         return []
     files = []
     for subdir, rows in partitions(table, list(spec.partition_by)):
         relative = Path(subdir) / f"part-{spec.task.task_id}.parquet"
         sha = write_parquet_atomic(rows, Path(spec.out) / relative)
-        files.append({"path": relative.as_posix(), "rows": rows.num_rows, "sha256": sha})
+        files.append(PartFile(relative.as_posix(), rows.num_rows, sha))
     return files
 
 
 def write_rejects(
     ids: list[str | None], reasons: list[str | None], spec: TaskSpec
-) -> list[dict[str, Any]]:
+) -> list[PartFile]:
     bad = [i for i, r in enumerate(reasons) if r is not None]
     if not bad:
         return []
@@ -178,4 +150,4 @@ def write_rejects(
     )
     relative = Path("_rejects") / f"part-{task.task_id}.parquet"
     sha = write_parquet_atomic(table, Path(spec.out) / relative)
-    return [{"path": relative.as_posix(), "rows": len(bad), "sha256": sha, "rejects": True}]
+    return [PartFile(relative.as_posix(), len(bad), sha, rejects=True)]

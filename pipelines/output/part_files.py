@@ -10,7 +10,6 @@ so a reader never sees half a file. Same rows in, same bytes out.
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.faults import check_write
-from workers.model_dir import publish, sha256_file
+from pipelines.output.faults import check_write
+from pipelines.output.fingerprint import FINGERPRINT_KEY
+from workers.files import atomic_path, sha256_file
 from workers.text_hash import HASH_BYTES, HASH_DTYPE
 
-FINGERPRINT_KEY = b"embedpipe.fingerprint"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
@@ -101,13 +100,6 @@ def _hive_value(value: object) -> str:
 def write_parquet_atomic(table: pa.Table, path: Path) -> str:
     """Writes table to path via a temporary file and rename; returns the file's sha256. A
     failed write (disk full, read-only) removes its temporary file before the error goes up."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, before_publish=check_write) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        check_write(path)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return sha256_file(path)

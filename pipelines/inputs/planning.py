@@ -16,7 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from pipelines.readers import InputError, InputFile, file_columns
+from pipelines.inputs.readers import InputError, InputFile, file_columns
 
 
 @dataclass(frozen=True)

@@ -20,19 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import earlier
-from pipelines.cluster import connect, plan_actors, start_actors
+from pipelines.batch.cluster import connect, plan_actors, start_actors
+from pipelines.batch.driver import Driver, TaskPlans
+from pipelines.batch.preflight import Job, prepare, save_resolved_config
+from pipelines.batch.prepass import collect_digests
+from pipelines.batch.progress import Progress
+from pipelines.batch.repeated_ids import find_repeats
 from pipelines.config import Config
-from pipelines.driver import Driver
-from pipelines.earlier import CacheIndex, CacheSource
-from pipelines.idpass import collect_digests
-from pipelines.ids import find_repeats
+from pipelines.inputs.planning import Task
 from pipelines.interrupt import Interrupted, StopRequest
-from pipelines.job import Job, prepare, save_resolved_config
-from pipelines.planning import Task
-from pipelines.progress import Progress
-from pipelines.reuse import plan_reuse
-from pipelines.state import RunState, StateError, totals
+from pipelines.output.markers import DoneMarker, totals
+from pipelines.output.state import RunState, StateError
+from pipelines.reindex import cache_from as earlier
+from pipelines.reindex.cache_from import CacheIndex, CacheSource
+from pipelines.reindex.plan import plan_reuse
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,14 @@ def pending(job: Job, state: RunState) -> list[Task]:
     return [t for t in job.tasks if not _still_done(done.get(t.task_id), state.out)]
 
 
-def check_inputs_unchanged(job: Job, done: dict[str, Any], out: Path) -> None:
+def check_inputs_unchanged(job: Job, done: dict[str, DoneMarker], out: Path) -> None:
     """Refuses to go on where a shard changed size since one of its tasks was done: its part
     files would be stale, and where its row count changed, the new plan's tasks would embed its
     rows a second time beside the old tasks' part files. Checks every done marker, planned or
     not, for that reason."""
     files = {f.key: f for f in job.files}
     for task_id, marker in sorted(done.items()):
-        key, size = marker["input"]["key"], marker["input"]["size"]
+        key, size = marker.input_key, marker.input_size
         if key in files and files[key].size != size:
             raise StateError(
                 f"{files[key].path} changed since task {task_id} embedded it (size {size} "
@@ -107,8 +108,8 @@ def check_inputs_unchanged(job: Job, done: dict[str, Any], out: Path) -> None:
             )
 
 
-def _still_done(marker: dict[str, Any] | None, out: Path) -> bool:
-    return marker is not None and all((out / f["path"]).is_file() for f in marker["files"])
+def _still_done(marker: DoneMarker | None, out: Path) -> bool:
+    return marker is not None and marker.still_there(out)
 
 
 def _plan_entry(task: Task) -> dict[str, Any]:
@@ -151,34 +152,15 @@ def drive(
     progress = Progress(sum(t.rows for t in job.tasks), done_rows)
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
-    digests, texts, unread = collect_digests(
-        actors,
-        order,
-        job.config.input.id_column,
-        str(state.out),
-        run.max_retries,
-        stop,
-        run.wait_timeout_s,
-        (job.config.input.text_column, job.prompt) if run.use_cache else None,
-    )
-    repeats = find_repeats(order, digests)
+    digests = collect_digests(job, actors, order, stop)
+    repeats = find_repeats(order, digests.ids)
     usable = {
         t: ~d.null & ~np.isin(np.arange(len(d.null)), list(repeats.get(t, {})))
-        for t, d in digests.items()
+        for t, d in digests.ids.items()
     }
-    reuse = plan_reuse(order, texts, usable, index) if run.use_cache else {}
-    driver = Driver(
-        job,
-        state,
-        actors,
-        progress,
-        run.max_retries,
-        repeats,
-        stop=stop,
-        stall_s=run.wait_timeout_s,
-        reuse=reuse,
-    )
-    driver.run(todo, unread)
+    reuse = plan_reuse(order, digests.texts, usable, index) if run.use_cache else {}
+    driver = Driver(job, state, actors, progress, TaskPlans(repeats, reuse), stop)
+    driver.run(todo, digests.unread)
     return driver
 
 
@@ -189,7 +171,7 @@ def build_report(
     done, failed = state.settled(planned)
     stages: dict[str, float] = {}
     for marker in done.values():
-        for stage, secs in marker["seconds"].items():
+        for stage, secs in marker.seconds.items():
             stages[stage] = stages.get(stage, 0.0) + secs
     return {
         "output": str(state.out),
@@ -206,5 +188,5 @@ def build_report(
         if "device_idle_share" in usage
         else None,
         "seconds_per_stage": {k: round(v, 3) for k, v in stages.items()},
-        "failures": {k: v["message"] for k, v in failed.items()},
+        "failures": {k: v.message for k, v in failed.items()},
     }

@@ -1,0 +1,139 @@
+"""The prepass: every task's id digests (and under use_cache its text digests), read by the
+actors, before any task is embedded; the driver's half and the actors' half.
+
+On an actor, `digest_task` reads the task's id column (under use_cache with its text column, in
+the same read) and digests each value (workers/text_hash.py, 16 bytes a row), cached under
+`_state/ids/` and `_state/texts/` keyed by the input's size, so a rerun reads nothing again and
+the driver never reads a text. The driver finds repeated ids from them (repeated_ids.py) and
+plans which task embeds each distinct text (reindex/plan.py).
+
+Embedding must not start while a task's digests are missing: its repeats would go unseen, and
+which occurrence of an id is kept would then depend on timing. So an actor death here only
+sends the task's call again (to the actors that answer), and a task whose actor died more than
+`max_retries` times stops the run; the next run starts the pass again from its cache. A task
+whose ids cannot be read is returned with its error, to be recorded as failed, not embedded;
+a file already known to be unreadable is not asked for at all (its task fails with the reason).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from pipelines.batch.cluster import ClusterError, live_actors
+from pipelines.batch.preflight import Job
+from pipelines.batch.repeated_ids import IdDigest, digest_ids
+from pipelines.inputs.planning import Task
+from pipelines.inputs.readers import read_rows
+from pipelines.interrupt import StopRequest
+from pipelines.output.state import cached_arrays, digest_path
+from workers.text_hash import TextDigest, text_hashes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DigestRequest:
+    """What an actor needs to digest one task: small and picklable."""
+
+    task: Task
+    id_column: str
+    out: str
+    text: tuple[str, str] | None = None  # (text column, prompt) under use_cache
+
+
+@dataclass(frozen=True)
+class Digests:
+    """The prepass's answer: digests by task id, and the error of each task it could not read."""
+
+    ids: dict[str, IdDigest] = field(default_factory=dict)
+    texts: dict[str, TextDigest] = field(default_factory=dict)
+    unread: dict[str, RayTaskError] = field(default_factory=dict)
+
+
+def collect_digests(job: Job, actors: list[Any], tasks: list[Task], stop: StopRequest) -> Digests:
+    """Every readable task of `tasks` digested by the actors that answer."""
+    run = job.config.run
+    found = Digests()
+    deaths: dict[str, int] = {}
+    todo = [t for t in tasks if t.file.error is None]
+    while todo:
+        stop.check()
+        live = live_actors(actors, run.wait_timeout_s, stop)
+        calls = [
+            (live[i % len(live)].call.remote(digest_task, request(job, task)), task)
+            for i, task in enumerate(todo)
+        ]
+        todo = []
+        for ref, task in calls:
+            try:
+                found.ids[task.task_id], digest = ray.get(ref)
+                if digest is not None:
+                    found.texts[task.task_id] = digest
+            except RayActorError as err:
+                deaths[task.task_id] = deaths.get(task.task_id, 0) + 1
+                if deaths[task.task_id] > run.max_retries:
+                    raise ClusterError(
+                        f"the ids of {task.task_id} could not be read: its actor died "
+                        f"{deaths[task.task_id]} times (last: {err}). Rerun to try again"
+                    ) from err
+                todo.append(task)
+            except RayTaskError as err:
+                found.unread[task.task_id] = err
+    return found
+
+
+def request(job: Job, task: Task) -> DigestRequest:
+    inp, out = job.config.input, str(job.config.output.path)
+    text = (inp.text_column, job.prompt) if job.config.run.use_cache else None
+    return DigestRequest(task, inp.id_column, out, text)
+
+
+def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdDigest, TextDigest | None]:
+    """Runs on an actor (which passes its embedder first; it is not needed): the task's id
+    digests and, under use_cache, its text digests."""
+    task = ask.task
+    columns = [ask.id_column, ask.text[0]] if ask.text else [ask.id_column]
+
+    @functools.cache  # one read for both digests, and none when both are cached
+    def rows() -> pl.DataFrame:
+        return read_rows(task.file, task.start, task.stop, columns)
+
+    ids = task_ids(task, ask.out, lambda: rows()[ask.id_column].to_list())
+    if ask.text is None:
+        return ids, None
+    column, prompt = ask.text
+    return ids, task_texts(task, prompt, ask.out, lambda: rows()[column].to_list())
+
+
+def task_ids(task: Task, out: str, read_ids: Callable[[], list[object]]) -> IdDigest:
+    """The task's id digests, from the cache when an earlier run of this output made them."""
+
+    def compute() -> dict[str, np.ndarray]:
+        found = digest_ids([None if v is None else str(v) for v in read_ids()])
+        return {"digests": found.digests, "null": found.null}
+
+    saved = cached_arrays(digest_path(out, "ids", task.task_id, task.file.size), compute)
+    return IdDigest(saved["digests"], saved["null"])
+
+
+def task_texts(
+    task: Task, prompt: str, out: str, read_texts: Callable[[], list[object]]
+) -> TextDigest:
+    """The task's text digests, from the cache when an earlier run of this output made them
+    (the output's fingerprint fixes the prompt)."""
+
+    def compute() -> dict[str, np.ndarray]:
+        digest = text_hashes(prompt, read_texts())
+        return {"hashes": digest.hashes, "missing": digest.missing}
+
+    saved = cached_arrays(digest_path(out, "texts", task.task_id, task.file.size), compute)
+    return TextDigest(saved["hashes"], saved["missing"])

@@ -1,0 +1,71 @@
+"""The run's fingerprint: what decides an output's vectors and layout, built once per run and
+kept at OUT/_embedpipe.json and in every part file's Parquet metadata.
+
+It holds the model (sha256 of model.onnx), the embedding options, the columns, rows_per_task,
+partitioning, the input listing and the schema; batch size and actor count are left out on
+purpose: they change speed, not results. A rerun whose fingerprint differs is refused with
+`diff`'s account of what differs, and run.cache_from reuses a part file only when its own
+fingerprint agrees on the model and options.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipelines.config import Config
+from pipelines.inputs.readers import InputFile
+from workers.model_dir import ModelCard
+
+FINGERPRINT_FILE = "_embedpipe.json"
+FINGERPRINT_KEY = b"embedpipe.fingerprint"  # in each part file's schema metadata
+
+
+def build_fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -> dict[str, Any]:
+    inp, out = config.input, config.output
+    return {
+        "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
+        "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),
+        "columns": {
+            "id": inp.id_column,
+            "text": inp.text_column,
+            "keep": list(inp.keep_columns),
+            "partition_by": list(out.partition_by),
+        },
+        "rows_per_task": inp.rows_per_task,
+        # Keys only: a shard fixed after a failed run must not make its output refuse the rerun.
+        # A changed file under a done task is caught by that task's done marker instead.
+        "inputs": [{"key": f.key, "format": f.format} for f in files],
+        "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
+        "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
+    }
+
+
+def diff(
+    old: Any, new: Any, where: str = "", labels: tuple[str, str] = ("here", "now")
+) -> list[str]:
+    """Human-readable differences between two JSON values, by key path; `labels` say where
+    each side comes from."""
+    then, now = labels
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(old.keys() | new.keys()):
+            path = f"{where}.{key}" if where else key
+            found += diff(old.get(key), new.get(key), path, labels)
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for d in diff(a, b, f"{where}[{i}]", labels)
+        ]
+    if isinstance(old, list) and isinstance(new, list):
+        return [f"{where}: {len(old)} entries {then}, {len(new)} {now}"]
+    if old != new:
+        return [f"{where or 'fingerprint'}: {_short(old)} {then}, {_short(new)} {now}"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
