@@ -68,7 +68,7 @@ def test_vectors_equal_the_embedders_direct_output(tmp_path, embedder):
 
 def test_partitions_are_hive_directories(tmp_path, embedder):
     result = run_task(embedder, spec_for(tmp_path, ["lang"]))
-    assert sorted(f["path"] for f in result.files if not f.get("rejects")) == [
+    assert sorted(f.path for f in result.files if not f.rejects) == [
         f"lang=de/part-{result.task_id}.parquet",
         f"lang=en/part-{result.task_id}.parquet",
     ]
