@@ -1,7 +1,10 @@
-"""The `embedpipe` command. Parsing and printing live here; the work is in workers/ and export/.
+"""The `embedpipe` command. Parsing and printing live here; the work is elsewhere: `run` in
+pipelines/batch/, `status` in pipelines/output/, `serve` in pipelines/serve/, `embed` in workers/,
+`export` and `verify` in export/.
 
 `export` and `verify` import the export package lazily: it needs PyTorch (the `export` extra),
-which the runtime commands never do.
+which the runtime commands never do. Exit codes: 0 done, 1 failed (a failed task, a failed
+parity, a rejected text), 2 a usage or config error, 130/143 stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except (ConfigError, ModelDirError, OptionError, DeviceError, ValueError) as err:
+    except ConfigError as err:  # a usage or config error: 2, as for `run`
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 2
+    except (ModelDirError, OptionError, DeviceError, ValueError) as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 1
     except ImportError as err:
@@ -133,7 +139,7 @@ def _add_embed(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override, e.g. runtime.threads=2 (with --config)",
+        help="config override, e.g. workers.cpus_per_actor=2 (with --config)",
     )
     p.set_defaults(handler=_embed)
 
@@ -274,7 +280,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.batch.cluster import ClusterError
     from pipelines.batch.run import run_job
     from pipelines.inputs.readers import InputError
-    from pipelines.interrupt import Interrupted
+    from pipelines.interrupt import Interrupted, exit_code
     from pipelines.output.state import StateError
 
     logging.getLogger("pipelines").setLevel(logging.INFO)
@@ -294,10 +300,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except Interrupted as err:
         print(f"embedpipe: {err} before any task ran; nothing was written")
-        return 128 + err.signum
+        return exit_code(err.signum)
     _print_summary(report)
     if "interrupted" in report:
-        return 128 + int(signal.Signals[report["interrupted"]])
+        return exit_code(signal.Signals[report["interrupted"]])
     return 0 if report["tasks_done"] == report["tasks_total"] else 1
 
 

@@ -2,8 +2,8 @@
 
 Unknown keys and bad values are errors that name the file, the key and what is allowed, so a
 typo never runs silently with a default. Command-line overrides take the form `key.sub=value`
-(the value read as YAML: `runtime.threads=4`, `embed.normalize=false`) and are checked the same
-way. Paths in the config are relative to the directory the command runs in, which is what
+(the value read as YAML: `workers.num_actors=4`, `embedding.normalize=false`) and are checked
+the same way. Paths in the config are relative to the directory the command runs in, which is what
 `ray job submit --working-dir .` preserves.
 """
 

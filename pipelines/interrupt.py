@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM while a run goes: stop cleanly instead of dying mid-write.
+"""SIGINT and SIGTERM while a run goes (or a server serves): stop cleanly instead of dying
+mid-write.
 
 The first signal asks the run to stop: no new task starts, the tasks already running get
 `grace_s` to finish and be recorded, then the run writes its report and exits 130 (SIGINT) or
@@ -8,7 +9,8 @@ the same bytes). Ctrl-C and `ray job stop` (SIGTERM, then SIGKILL a few seconds 
 cases this serves; a SIGKILL is covered by the state's design instead.
 
 `ray.init` installs its own SIGTERM handler, which exits without a report, so the handlers are
-installed again once Ray is connected.
+installed again once Ray is connected. `embedpipe serve` uses the same two-signal rule: the first
+stops the server once it is up, a second one at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def exit_code(signum: int) -> int:
+    """The shell's exit status for a process a signal stopped: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + signum
+
+
 class Interrupted(Exception):
     """Raised where a phase stops early because a stop was asked for."""
 
@@ -34,8 +41,19 @@ class Interrupted(Exception):
 
 
 class StopRequest:
-    def __init__(self, grace_s: float = 10.0) -> None:
+    """The first signal asks for a stop (`requested`; `draining` says what happens meanwhile);
+    a second one makes `must_stop_now` true, or with `second_raises` raises Interrupted where
+    the main thread is (a server's start-up that cannot finish)."""
+
+    def __init__(
+        self,
+        grace_s: float = 10.0,
+        draining: str = "running tasks get {grace_s:.0f} s to finish",
+        second_raises: bool = False,
+    ) -> None:
         self.grace_s = grace_s
+        self.draining = draining.format(grace_s=grace_s)
+        self.second_raises = second_raises
         # Until the run holds its output there is nothing to finish or record (an export on
         # first use is built aside and renamed), so a signal then stops at once.
         self.immediate = True
@@ -68,12 +86,14 @@ class StopRequest:
         if self.count == 1:
             self.signum, self.first_at = signum, time.monotonic()
             log.warning(
-                "%s: stopping; running tasks get %.0f s to finish (send it again to stop now)",
+                "%s: stopping; %s (send it again to stop now)",
                 signal.Signals(signum).name,
-                self.grace_s,
+                self.draining,
             )
-        else:
-            log.warning("second signal: stopping now")
+            return
+        log.warning("second signal: stopping now")
+        if self.second_raises:
+            raise Interrupted(signum)
 
     @property
     def requested(self) -> bool:
@@ -92,4 +112,4 @@ class StopRequest:
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum if self.signum is not None else 0
+        return exit_code(self.signum) if self.signum is not None else 0

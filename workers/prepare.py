@@ -1,4 +1,4 @@
-"""Prepare: text -> token ids, with the prompt, truncation and reject rules of DESIGN.md.
+"""Prepare: text -> token ids, with the prompt, truncation and reject rules the README states.
 
 Texts are tokenized without special tokens and cut here rather than by the tokenizer, because the
 tokenizer's own left truncation would cut the prompt away; the special tokens the model expects

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 from pipelines.batch.task import TaskSpec
 from pipelines.config import Config, ConfigError, InputConfig
 from pipelines.inputs.planning import Task, plan_tasks, require_columns
-from pipelines.inputs.readers import InputError, InputFile, list_inputs
+from pipelines.inputs.readers import InputError, InputFile, glob_root, is_skipped, list_inputs
 from pipelines.output.fingerprint import build_fingerprint
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
 from workers.options import OptionError, prompt_for
@@ -96,7 +95,7 @@ def check_paths(input_path: str, output_path: Path) -> None:
             "read what it writes. Set output.path to a directory outside the input"
         )
     inside = root.is_dir() and out.is_relative_to(root)
-    if inside and not any(p.startswith(("_", ".")) for p in out.relative_to(root).parts):
+    if inside and not is_skipped(out, root):
         raise InputError(
             f"output.path {output_path} is inside input.path {input_path!r}: a rerun would read "
             "its own part files as input. Set output.path outside the input (or under a "
@@ -115,10 +114,7 @@ def check_cache_paths(paths: list[str], output_path: Path) -> None:
 
 
 def path_root(path: str) -> Path:
-    """The directory a path or glob stands for: itself, or for a glob the directory it starts
-    from."""
-    static = Path(re.split(r"[*?[]", path)[0])
-    return (static if static.is_dir() or static == Path(path) else static.parent).resolve()
+    return glob_root(path).resolve()
 
 
 def ensure_model(config: Config) -> Path:

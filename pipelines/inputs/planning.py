@@ -16,7 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from pipelines.inputs.readers import InputError, InputFile, file_columns
+from pipelines.inputs.readers import InputError, InputFile, file_columns, missing_columns
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,4 @@ def _missing(file: InputFile, keys: dict[str, str]) -> str | None:
     if not missing:
         return None
     settings = " or ".join(dict.fromkeys(keys[c] for c in missing))
-    return (
-        f"{file.path}: column(s) {', '.join(missing)} not found; columns are: "
-        f"{', '.join(present)}. Set {settings}"
-    )
+    return missing_columns(file.path, missing, present, settings)

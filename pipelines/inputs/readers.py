@@ -87,15 +87,28 @@ def _expand(path: str) -> tuple[Path, list[Path]]:
     if target.exists():
         raise InputError(f"input.path {path!r} is not a regular file or a directory")
     if any(ch in path for ch in "*?["):
-        prefix = Path(path.split("*")[0].split("?")[0].split("[")[0])
-        root = prefix if prefix.is_dir() else prefix.parent
+        root = glob_root(path)
         matches = [Path(p) for p in globlib.glob(path, recursive=True)]
         return root, [p for p in matches if not p.is_dir() and _visible(p, root)]
     raise InputError(f"input.path {path!r} does not exist")
 
 
+def glob_root(path: str) -> Path:
+    """The directory a path or glob stands for: itself, or for a glob the directory it starts
+    from (what the listing's skip rule and the path checks judge it by)."""
+    static = Path(re.split(r"[*?[]", path)[0])
+    return static if static.is_dir() or static == Path(path) else static.parent
+
+
+def is_skipped(path: Path, root: Path) -> bool:
+    """The listing's skip rule: a file under `root` is not input when any part of its path
+    below root starts with '_' or '.' (an output's _state/ and _rejects/, temporaries, hidden
+    files), as Spark and Hive skip them."""
+    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+
+
 def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+    return not is_skipped(path, root)
 
 
 def _link(path: Path) -> str:
@@ -196,10 +209,8 @@ def read_rows(file: InputFile, start: int, stop: int, columns: list[str]) -> pl.
     except Exception as err:
         raise read_error(file.path, file.format, err) from err
     if missing := [c for c in columns if c not in present]:
-        raise InputError(
-            f"{file.path}: column(s) {', '.join(missing)} not found; columns are: "
-            f"{', '.join(present)}. Set input.id_column, input.text_column or input.keep_columns"
-        )
+        settings = "input.id_column, input.text_column or input.keep_columns"
+        raise InputError(missing_columns(file.path, missing, present, settings))
     try:
         frame = scan.slice(start, stop - start).select(columns).collect()
     except Exception as err:
@@ -245,3 +256,11 @@ def _raw_values(path: str, start: int, rows: list[int], name: str) -> list[tuple
         (row, line, json.loads(text).get(name))
         for row, line, text in lines.select("row", "line", "line_text").iter_rows()
     ]
+
+
+def missing_columns(path: str | Path, missing: list[str], present: list[str], settings: str) -> str:
+    """What a file lacking columns is told: which, what it has, and the config keys to set."""
+    return (
+        f"{path}: column(s) {', '.join(missing)} not found; columns are: "
+        f"{', '.join(present)}. Set {settings}"
+    )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipelines.inputs.readers import is_skipped
 from pipelines.output.fingerprint import FINGERPRINT_FILE, FINGERPRINT_KEY, diff
 from pipelines.output.part_files import hashes_of
 from workers.text_hash import HASH_DTYPE, locate
@@ -114,11 +115,7 @@ def _part_files(path: str) -> list[str]:
     root = Path(path)
     if root.is_dir():
         found = root.rglob("*.parquet")
-        return sorted(
-            str(p)
-            for p in found
-            if not any(part.startswith(("_", ".")) for part in p.relative_to(root).parts)
-        )
+        return sorted(str(p) for p in found if not is_skipped(p, root))
     return sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from ray import serve
@@ -27,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from pipelines.config import Config, ServeConfig
-from pipelines.interrupt import SIGNALS
+from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.serve.api import ApiError
 from pipelines.serve.endpoint import Endpoint, ModelLoader
 from workers import EmbedOptions
@@ -176,22 +174,16 @@ def serve_until_stopped(config: Config, model_dir: Path) -> int:
     that lands while Serve starts stops the server once it is up, not inside Ray's start-up code;
     a second one stops at once, so a start-up that cannot finish (a replica no node has room
     for) can still be interrupted."""
-    got: list[int] = []
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        got.append(signum)
-        if len(got) > 1:
-            raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, handle) for s in SIGNALS}
+    stop = StopRequest(0.0, draining="the server stops once it is up", second_raises=True)
+    stop.immediate = False
+    stop.install()
     try:
         start(config, model_dir)
-        while not got:
+        while not stop.requested:
             time.sleep(0.1)
-    except KeyboardInterrupt:
+    except Interrupted:
         pass  # the second signal
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        stop.restore()
         serve.shutdown()
-    return 128 + got[0]
+    return stop.exit_code

@@ -115,3 +115,20 @@ def test_run_refuses_a_bad_value_with_exit_2_naming_the_key(tmp_path, capsys, ov
     assert main(["run", str(write(tmp_path, MINIMAL)), override]) == 2
     err = capsys.readouterr().err
     assert err.startswith("embedpipe: error: ") and re.search(expected, err), err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["run", "{conf}"], ["serve", "{conf}"], ["embed", "--config", "{conf}", "a text"]],
+    ids=["run", "serve", "embed"],
+)
+def test_a_config_error_exits_2_for_every_command(command, tmp_path, capsys):
+    from pipelines.cli import main
+
+    conf = tmp_path / "job.yaml"
+    conf.write_text(
+        "model: {source: m, dir: d}\ninput: {path: in}\noutput: {path: out}\n"
+        "workers: {device: tpu}\n"
+    )
+    assert main([part.format(conf=conf) for part in command]) == 2
+    assert "workers.device" in capsys.readouterr().err

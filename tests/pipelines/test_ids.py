@@ -60,3 +60,11 @@ def test_a_rerun_reuses_its_id_digests_unless_the_shard_changed_size(tmp_path):
     found = task_ids(Task("a-0", edited, 0, 2), out, read(["a", "a"]))
     assert calls[-1] == ["a", "a"], "the edited shard's stale digests were used"
     assert np.array_equal(found.digests, digest_ids(["a", "a"]).digests)
+
+
+def test_an_id_with_a_lone_surrogate_is_digested_like_any_other():
+    # a JSON "\ud800" escape reads as a lone surrogate; plain UTF-8 encoding would raise and fail
+    # the task, where the same value as a text hashes (workers/text_hash.py)
+    found = digest_ids(["a\ud800", "a\ud800", "b"])
+    assert (found.digests[0] == found.digests[1]).all()
+    assert not (found.digests[0] == found.digests[2]).all()
