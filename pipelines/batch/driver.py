@@ -13,7 +13,7 @@
   error, so retrying would only delay the report.
 - Actors that do not come back (their node is gone and no other has room) are waited for at
   most `stall_s`; then the run stops with the resource they need, instead of hanging.
-- Under use_cache a task that copies texts from earlier tasks of the run (reuse.py) is held
+- Under use_cache a task that copies texts from earlier tasks of the run (reindex/plan.py) is held
   back until those are settled; the queue goes on with the tasks that are ready meanwhile.
 """
 
@@ -152,7 +152,8 @@ class Driver:
             self.in_flight[actor.call.remote(run_task, self.spec(task))] = (actor, task)
 
     def next_ready(self) -> Task | None:
-        """The first queued task whose owners (reuse.py) are all settled, taken off the queue."""
+        """The first queued task whose owners (reindex/plan.py) are all settled, taken off the
+        queue."""
         for at, task in enumerate(self.queue):
             if all(o in self.settled for o in self.reuse.get(task.task_id, Reuse()).owners):
                 del self.queue[at]

@@ -3,7 +3,8 @@
 This is the code the driver sends to an actor (which holds the loaded embedder), so it needs no
 Ray. Every row of the task ends in exactly one place: its part file or the rejects, with the
 reason. Ids are checked here (null, or repeated inside the task); texts by the embedder. Under
-use_cache, rows whose text another part file already holds are copied from it (known.py).
+use_cache, rows whose text another part file already holds are copied from it
+(reindex/embed_or_copy.py).
 """
 
 from __future__ import annotations

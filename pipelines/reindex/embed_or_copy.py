@@ -1,6 +1,6 @@
 """Inside a task: copy the vectors other part files already hold, embed each other text once.
 
-The driver names the files (reuse.py); here they are looked up by text hash. A row whose text
+The driver names the files (reindex/plan.py); here they are looked up by text hash. A row whose text
 is in none of them (its file was removed since, or the task that held it failed) is embedded:
 a missing copy costs time, never a row. Copied rows keep the `n_tokens` and `truncated` the
 file recorded, which the same text and options give again.
