@@ -41,14 +41,14 @@ def test_embed_flags_change_the_options(capsys, minilm_dir):
 
 def test_too_long_text_with_no_truncate_fails_with_its_token_count(capsys, minilm_dir):
     code, out, err = run(capsys, ["embed", str(minilm_dir), "--no-truncate", "ok", "word " * 300])
-    assert code != 0 and out == ""
+    assert code == 1 and out == ""  # the README: print the reason and exit 1, without output
     assert "text 2 rejected: text has 302 tokens, over max_seq_length 256" in err
 
 
 @pytest.mark.parametrize(("text", "reason"), [("", "empty"), ("   ", "whitespace")])
 def test_bad_text_fails_with_the_reason(capsys, minilm_dir, text, reason):
-    code, _, err = run(capsys, ["embed", str(minilm_dir), "fine", text])
-    assert code != 0 and "text 2 rejected" in err and reason in err
+    code, out, err = run(capsys, ["embed", str(minilm_dir), "fine", text])
+    assert code == 1 and out == "" and "text 2 rejected" in err and reason in err
 
 
 def test_unknown_prompt_name_is_a_clear_error(capsys, minilm_dir):
