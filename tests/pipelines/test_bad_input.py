@@ -287,9 +287,9 @@ def test_a_permission_error_names_the_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr("pipelines.inputs.readers.pq.ParquetFile", denied)
     [file] = list_inputs(str(tmp_path / "a.parquet"))
-    assert file.error is not None and file.error.endswith(
-        "a.parquet: permission denied; make it readable by the user that runs embedpipe "
-        "and its Ray workers"
+    assert file.error == (
+        f"{tmp_path / 'a.parquet'}: permission denied; make it readable by the user that runs "
+        "embedpipe and its Ray workers"
     )
     [csv] = list_inputs(str(tmp_path / "b.csv"))
     monkeypatch.setattr("pipelines.inputs.readers.pl.scan_csv", denied)
@@ -304,7 +304,9 @@ def test_a_fifo_in_the_input_fails_its_task_instead_of_being_skipped(tmp_path):
     os.mkfifo(tmp_path / "pipe.csv")
     files = {f.key: f for f in list_inputs(str(tmp_path))}
     assert files["a.csv"].rows == 1
-    assert files["pipe.csv"].error is not None and "not a regular file" in files["pipe.csv"].error
+    assert files["pipe.csv"].error == (
+        f"{tmp_path / 'pipe.csv'} is not a regular file (a FIFO, socket or device); remove it"
+    )
 
 
 def test_a_directory_named_like_a_shard_is_read_as_a_directory(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.cli import main
 from tests.conftest import MINILM
+from workers import Embedder, EmbedOptions
 
 
 def run(capsys, argv, stdin=None, monkeypatch=None):
@@ -37,18 +38,24 @@ def test_embed_flags_change_the_options(capsys, minilm_dir):
     _, raw, _ = run(capsys, ["embed", str(minilm_dir), "--no-normalize", "hello"])
     assert json.loads(plain) != json.loads(left)
     assert abs(np.linalg.norm(json.loads(raw)[0]) - 1.0) > 0.1
+    # each flag gives the vector of its option: the last tokens kept, the raw pooled vector
+    embedder = Embedder.load(minilm_dir)
+    expected_left = embedder.embed([long], EmbedOptions(truncation_direction="left")).vectors
+    expected_raw = embedder.embed(["hello"], EmbedOptions(normalize=False)).vectors
+    np.testing.assert_allclose(json.loads(left), expected_left, atol=1e-5)
+    np.testing.assert_allclose(json.loads(raw), expected_raw, atol=1e-5)
 
 
 def test_too_long_text_with_no_truncate_fails_with_its_token_count(capsys, minilm_dir):
     code, out, err = run(capsys, ["embed", str(minilm_dir), "--no-truncate", "ok", "word " * 300])
-    assert code != 0 and out == ""
+    assert code == 1 and out == ""  # the README: print the reason and exit 1, without output
     assert "text 2 rejected: text has 302 tokens, over max_seq_length 256" in err
 
 
 @pytest.mark.parametrize(("text", "reason"), [("", "empty"), ("   ", "whitespace")])
 def test_bad_text_fails_with_the_reason(capsys, minilm_dir, text, reason):
-    code, _, err = run(capsys, ["embed", str(minilm_dir), "fine", text])
-    assert code != 0 and "text 2 rejected" in err and reason in err
+    code, out, err = run(capsys, ["embed", str(minilm_dir), "fine", text])
+    assert code == 1 and out == "" and "text 2 rejected" in err and reason in err
 
 
 def test_unknown_prompt_name_is_a_clear_error(capsys, minilm_dir):
@@ -64,6 +71,8 @@ def test_embed_with_a_config(capsys, minilm_dir, tmp_path):
     )
     code, out, _ = run(capsys, ["embed", "--config", str(conf), "hello"])
     assert code == 0 and abs(np.linalg.norm(json.loads(out)[0]) - 1.0) > 0.1
+    expected = Embedder.load(minilm_dir).embed(["hello"], EmbedOptions(normalize=False)).vectors
+    np.testing.assert_allclose(json.loads(out), expected, atol=1e-5)
 
 
 def test_verify_passes_fp32_and_reports_cosines(capsys, minilm_dir, minilm_path):

@@ -90,7 +90,7 @@ def test_wrong_routes_and_methods(endpoint):
     assert call(endpoint, b"", "/health", "GET").body["status"] == "ready"
 
 
-def test_the_cache_answers_a_repeat_and_says_so(endpoint):
+def test_the_cache_answers_a_repeat_and_says_so(endpoint, minilm_dir):
     body = {"inputs": ["cache me", "and me"]}
     first, second = call(endpoint, body), call(endpoint, body)
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
@@ -98,6 +98,8 @@ def test_the_cache_answers_a_repeat_and_says_so(endpoint):
     assert call(endpoint, body, x_use_cache="false").headers["x-cache"] == "miss"
     other = call(endpoint, {**body, "normalize": False})  # other options: another key
     assert other.headers["x-cache"] == "miss" and other.body != first.body
+    raw = Embedder.load(minilm_dir).embed(body["inputs"], EmbedOptions(normalize=False)).vectors
+    np.testing.assert_allclose(np.array(other.body), raw, atol=1e-6)
 
 
 def test_tokens_are_checked_without_naming_them(minilm_dir):

@@ -18,7 +18,7 @@ from ray.cluster_utils import Cluster
 from pipelines.batch.run import run_job
 from pipelines.config import load_config
 from tests.chaos import build_corpus, descendants, write_config
-from tests.pipelines.test_interrupts import assert_consistent, wait_for_done_markers
+from tests.pipelines.helpers import assert_consistent, wait_for_done_markers
 
 
 @pytest.fixture

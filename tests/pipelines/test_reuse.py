@@ -50,6 +50,7 @@ def test_the_text_hash_is_blake2b_128_of_prompt_and_text():
     hashes, missing = digest.hashes, digest.missing
     assert missing.tolist() == [False, True, True, True, False]
     assert hashes[0] == hashes[4] != hashes[1]
+    assert hashes[0] == hashlib.blake2b(b"a", digest_size=16).digest()
 
 
 def test_only_files_of_the_same_model_and_options_are_indexed(tmp_path):

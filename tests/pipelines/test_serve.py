@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -15,47 +13,10 @@ import pytest
 
 from export.parity import cosines
 from pipelines.config import load_config
+from tests.pipelines.helpers import free_port, get_json, post, wait_healthy
 from workers import Embedder, EmbedOptions
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def post(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], object]:
-    headers = {"content-type": "application/json", **headers}
-    request = urllib.request.Request(url, body, headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, dict(answer.headers), json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read())
-
-
-def get_json(url: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def wait_healthy(url: str, timeout_s: float = 180, alive=lambda: True) -> None:
-    """Polls /health until the server is ready; `alive` says the serving process still runs."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if get_json(url + "/health")[0] == 200:
-                return
-        except (OSError, ValueError):
-            pass  # not listening yet, or the proxy's plain-text answer before the app is up
-        assert alive(), "the server process ended"
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import has_gpu
-from tests.pipelines.test_serve import free_port, post, wait_healthy
+from tests.pipelines.helpers import free_port, post, wait_healthy
 
 
 def serve_command(tmp_path, minilm_dir, *more: str) -> tuple[subprocess.Popen, str]:

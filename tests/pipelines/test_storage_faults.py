@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.output.state import RunState
 from tests.chaos import build_corpus, end_session, start_run, write_config
-from tests.pipelines.test_interrupts import assert_consistent, wait_for_done_markers
+from tests.pipelines.helpers import assert_consistent, wait_for_done_markers
 
 
 @pytest.fixture

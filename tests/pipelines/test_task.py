@@ -99,7 +99,7 @@ def test_a_task_on_a_device_out_of_memory_finishes_and_its_marker_says_how_often
     tmp_path, minilm_dir
 ):
     from pipelines.output.markers import totals
-    from tests.workers.test_out_of_memory import limited
+    from tests.workers.helpers import limited
 
     rows = [{"id": f"m{i}", "text": f"{word} medium text"} for i, word in enumerate("abc")]
     rows.append({"id": "long", "text": "word " * 30})

@@ -4,7 +4,8 @@ import pytest
 
 from workers.long_texts import chunks, window
 
-TEXT = "alpha beta\tgamma\ndelta epsilon " * 50
+UNIT = "alpha beta\tgamma\ndelta epsilon "
+TEXT = UNIT * 50
 
 
 def test_chunks_rejoin_to_the_text_and_start_at_a_space():
@@ -13,10 +14,14 @@ def test_chunks_rejoin_to_the_text_and_start_at_a_space():
     assert all(p[0] in " \t\n" for p in pieces[1:])
 
 
-@pytest.mark.parametrize("direction", ["right", "left"])
-def test_a_window_keeps_whole_words_from_its_end(direction):
+@pytest.mark.parametrize(
+    ("direction", "expected"),
+    [("right", UNIT * 3 + "alpha"), ("left", " " + UNIT * 3)],  # 98 and 94 of the 100 chars
+)
+def test_a_window_keeps_whole_words_from_its_end(direction, expected):
     part = window(TEXT, 100, direction)
-    assert part is not None and 50 < len(part) <= 100
+    assert part == expected
+    assert 50 < len(part) <= 100
     if direction == "right":
         assert TEXT.startswith(part) and TEXT[len(part)] in " \t\n"
     else:

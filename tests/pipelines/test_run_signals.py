@@ -8,34 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from tests.chaos import build_corpus, end_session, start_run, write_config
-from workers.files import sha256_file
-
-
-def wait_for_done_markers(out: Path, count: int, timeout_s: float = 180) -> int:
-    done = out / "_state" / "done"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = len(list(done.glob("*.json"))) if done.is_dir() else 0
-        if found >= count:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} tasks done after {timeout_s} s")
-
-
-def assert_consistent(out: Path) -> dict[str, dict]:
-    """Every done marker names files that exist with the hash it recorded."""
-    markers = {p.stem: json.loads(p.read_text()) for p in (out / "_state" / "done").glob("*.json")}
-    for marker in markers.values():
-        for file in marker["files"]:
-            assert sha256_file(out / file["path"]) == file["sha256"]
-    return markers
+from tests.pipelines.helpers import assert_consistent, wait_for_done_markers
 
 
 @pytest.mark.slow
