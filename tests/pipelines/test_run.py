@@ -170,9 +170,7 @@ def test_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_completes(job_conf,
     failed = RunState(out).failed()
     assert len(failed) == 1
     marker = next(iter(failed.values()))
-    assert (
-        marker.file.endswith("s1.parquet") and "cannot read it as parquet" in marker.message
-    )
+    assert marker.file.endswith("s1.parquet") and "cannot read it as parquet" in marker.message
     assert marker.attempts == 1  # an unreadable file is not retried: it would fail the same
     assert not (out / "_SUCCESS").exists()
     assert len(RunState(out).done()) == 15  # 5 good shards, each 30 rows in tasks of 12
