@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from workers.model_dir import GRAPH_INPUTS, GRAPH_OUTPUT
+
 OPSET = 17
-INPUTS = ["input_ids", "attention_mask"]
-OUTPUT = "sentence_embedding"
 
 
 class PooledEncoder(torch.nn.Module):
@@ -67,16 +67,18 @@ def _trace(module: torch.nn.Module, path: Path) -> None:
     attention_mask = torch.ones((2, 16), dtype=torch.long)
     attention_mask[1, 9:] = 0
     axes = {"batch": 0, "sequence": 1}
-    dynamic = {name: {v: k for k, v in axes.items()} for name in INPUTS}
+    dynamic = {name: {v: k for k, v in axes.items()} for name in GRAPH_INPUTS}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             module,
             (input_ids, attention_mask),
             str(path),
-            input_names=INPUTS,
-            output_names=[OUTPUT],
-            dynamic_axes={**dynamic, OUTPUT: {0: "batch"}},
+            # a list: the TorchScript exporter concatenates input and output names, whatever
+            # its Sequence annotation says
+            input_names=list(GRAPH_INPUTS),
+            output_names=[GRAPH_OUTPUT],
+            dynamic_axes={**dynamic, GRAPH_OUTPUT: {0: "batch"}},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,

@@ -16,9 +16,23 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import TypedDict
 
 TOKENIZER_DIR = Path(__file__).parent / "bert_uncased"
-GTE_LARGE = {
+
+
+class BertShape(TypedDict):
+    """BertConfig keys that set a model's shape; named, so each is checked against BertConfig."""
+
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    vocab_size: int
+
+
+GTE_LARGE: BertShape = {
     "num_hidden_layers": 24,
     "hidden_size": 1024,
     "num_attention_heads": 16,
@@ -26,7 +40,7 @@ GTE_LARGE = {
     "max_position_embeddings": 512,
     "vocab_size": 30522,
 }
-TINY = {
+TINY: BertShape = {
     "num_hidden_layers": 2,
     "hidden_size": 128,
     "num_attention_heads": 2,
@@ -34,7 +48,7 @@ TINY = {
     "max_position_embeddings": 512,
     "vocab_size": 30522,
 }
-SHAPES = {"gte-large": GTE_LARGE, "tiny": TINY}
+SHAPES: dict[str, BertShape] = {"gte-large": GTE_LARGE, "tiny": TINY}
 GTE_LARGE_MAX_SEQ_LENGTH = 512
 
 
@@ -51,23 +65,30 @@ def build_gte_large_stand_in(out: str | Path, seed: int = 0) -> Path:
 
 def build_bert_stand_in(
     out: str | Path,
-    shape: dict[str, int],
+    shape: BertShape,
     max_seq_length: int,
     tokenizer_dir: str | Path = TOKENIZER_DIR,
     seed: int = 0,
 ) -> Path:
     """A random-weight BERT of the given shape with mean pooling, as a sentence-transformers dir."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    # sentence-transformers 5.4 moved the modules here. Their old home, `models`, is what the
+    # older releases pyproject allows have; in 6 it is a deprecated alias its types leave out.
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # before 5.4
+        from sentence_transformers.models import Pooling, Transformer  # type: ignore[no-redef]
 
     out = Path(out)
     torch.manual_seed(seed)
     bert_dir = out / "_bert"
     BertModel(BertConfig(**shape)).save_pretrained(bert_dir)
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(bert_dir)
-    transformer = models.Transformer(str(bert_dir), max_seq_length=max_seq_length)
-    pooling = models.Pooling(shape["hidden_size"], pooling_mode="mean")
+    transformer = Transformer(str(bert_dir), max_seq_length=max_seq_length)
+    pooling = Pooling(shape["hidden_size"], pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
     shutil.rmtree(bert_dir)  # save() copied the weights and tokenizer to out
     return out

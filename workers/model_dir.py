@@ -1,8 +1,8 @@
 """The model directory: the contract between `export/` (writes it) and `workers/` (reads it).
 
-One directory per model variant holds `model.onnx` (inputs input_ids and attention_mask, output
-`sentence_embedding`, pooled but not normalized), `tokenizer.json` (padding and truncation off)
-and `embedpipe-model.json`, the card below. The card is the only place the workers learn the
+One directory per model variant holds `model.onnx` (inputs GRAPH_INPUTS, output GRAPH_OUTPUT,
+pooled but not normalized), `tokenizer.json` (padding and truncation off) and
+`embedpipe-model.json`, the card below. The card is the only place the workers learn the
 dimension, pooling, max length and prompts from, so it is validated strictly on read.
 """
 
@@ -20,6 +20,9 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 CARD_FILE = "embedpipe-model.json"
 CARD_FORMAT = 1
+# model.onnx's tensor names; the inputs in the order the graph takes them (export/graph.py).
+GRAPH_INPUTS = ("input_ids", "attention_mask")
+GRAPH_OUTPUT = "sentence_embedding"
 DTYPES = ("fp32", "fp16", "int8")
 # How attention is laid out in model.onnx (export/optimize.py); cards written before the key
 # existed hold the fused Attention op.

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from workers.errors import DeviceError, DeviceOutOfMemory, is_out_of_memory
+from workers.model_dir import GRAPH_INPUTS, GRAPH_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,6 @@ DEVICES = ("cpu", "cuda")
 # Where the NVIDIA driver lists the GPUs it sees; onnxruntime-gpu reports its CUDA provider as
 # available whether or not there is a GPU, so that alone cannot decide "auto".
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
-OUTPUT = "sentence_embedding"
-INPUTS = ("input_ids", "attention_mask")
 # onnxruntime's `sdpa_kernel` bits (contrib_ops/cpu/bert/attention_common.h, AttentionBackend):
 # flash 1, memory-efficient 2, TRT fused 4, cuDNN flash 8, math 16, TRT flash 32, TRT cross 64.
 # All of them: what onnxruntime enables by default, plus cuDNN's flash attention, which it
@@ -134,10 +133,11 @@ class OnnxSession:
                 "its warning above names the missing CUDA or cuDNN library"
             )
         names = tuple(i.name for i in self._session.get_inputs())
-        if sorted(names) != sorted(INPUTS) or self._session.get_outputs()[0].name != OUTPUT:
+        output = self._session.get_outputs()[0].name
+        if sorted(names) != sorted(GRAPH_INPUTS) or output != GRAPH_OUTPUT:
             raise DeviceError(
-                f"{path} takes {names} and gives {self._session.get_outputs()[0].name}; "
-                f"embedpipe needs inputs {INPUTS} and output {OUTPUT}: re-export it"
+                f"{path} takes {names} and gives {output}; "
+                f"embedpipe needs inputs {GRAPH_INPUTS} and output {GRAPH_OUTPUT}: re-export it"
             )
 
     def providers(self) -> list[str]:
@@ -152,9 +152,10 @@ class OnnxSession:
         """Pooled float32 vectors (rows x dim) for one padded batch."""
         # A binding per call keeps concurrent calls from different threads apart.
         binding = self._session.io_binding()
-        binding.bind_cpu_input("input_ids", input_ids)
-        binding.bind_cpu_input("attention_mask", attention_mask)
-        binding.bind_output(OUTPUT, self.device, self._device_id)
+        ids_name, mask_name = GRAPH_INPUTS
+        binding.bind_cpu_input(ids_name, input_ids)
+        binding.bind_cpu_input(mask_name, attention_mask)
+        binding.bind_output(GRAPH_OUTPUT, self.device, self._device_id)
         try:
             self._session.run_with_iobinding(binding)
         except Exception as err:
