@@ -83,7 +83,10 @@ class Driver:
         self.retries: list[tuple[float, int, Task]] = []
         self.in_flight: dict[Any, tuple[Any, Task]] = {}
         self.probing: dict[Any, Any] = {}
-        self.attempts: Counter[str] = Counter()
+        self.suspended: Counter[Any] = Counter()  # idle slots held back while an actor is probed
+        self.attempts: Counter[str] = Counter()  # raises and actor deaths, per task
+        self.deaths: Counter[str] = Counter()
+        self.last_raised: dict[str, str] = {}  # what a task raised last, for its failure
         self._order = itertools.count()
         self.actor_count = len(actors)
         self.device_s = 0.0  # summed over this run's tasks: the actors' time on their device
@@ -203,9 +206,16 @@ class Driver:
     def actor_lost(self, actor: Any, task: Task, err: RayActorError) -> None:
         log.warning("actor died running %s; resubmitting it (%s)", task.task_id, err)
         self.probing[actor.ready.remote()] = actor
+        # Its idle slots wait for the probe too: a task sent there before it answers would die
+        # again and be charged for it.
+        self.suspended[actor] += sum(slot is actor for slot in self.idle)
+        self.idle = [slot for slot in self.idle if slot is not actor]
         self.attempts[task.task_id] += 1
+        self.deaths[task.task_id] += 1
         if self.attempts[task.task_id] > self.max_retries:
-            self.fail(task, err, f"its actor died {self.attempts[task.task_id]} times")
+            died = f"its actor died {self.deaths[task.task_id]} time(s)"
+            raised = self.last_raised.get(task.task_id)
+            self.fail(task, err, f"{died}; before that it raised {raised}" if raised else died)
         else:
             self.queue.appendleft(task)
 
@@ -217,15 +227,17 @@ class Driver:
             self.probing[actor.ready.remote()] = actor
         elif said == GONE:
             log.error("an actor is gone for good: %s", err)
+            self.suspended.pop(actor, None)
             if not (self.idle or self.in_flight or self.probing):
                 raise ClusterError(f"every actor died; the last error: {err}") from err
-        else:
-            self.idle.append(actor)
+        else:  # its slot back, and those held while it was probed
+            self.idle += [actor] * (1 + self.suspended.pop(actor, 0))
 
     def task_raised(self, task: Task, err: RayTaskError) -> None:
         self.attempts[task.task_id] += 1
         attempt = self.attempts[task.task_id]
         cause = err.cause if err.cause is not None else err
+        self.last_raised[task.task_id] = f"{type(cause).__name__}: {cause}"
         if attempt > self.max_retries or isinstance(cause, InputError):
             self.fail(task, err, f"{type(cause).__name__}: {cause}")
             return

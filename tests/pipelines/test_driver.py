@@ -254,7 +254,7 @@ def test_a_task_whose_actor_dies_more_than_max_retries_times_fails(tmp_path, mon
     driver = run(job, [cluster.actor("x")])
     assert len(cluster.calls_of(a)) == 2
     failed = driver.state.failed()[a]
-    assert (failed.message, failed.attempts) == ("its actor died 2 times", 2)
+    assert (failed.message, failed.attempts) == ("its actor died 2 time(s)", 2)
     assert failed.error_type == "ActorDiedError"
     assert set(driver.state.done()) == {b}
 
@@ -299,3 +299,27 @@ def test_no_actor_back_within_wait_timeout_s_stops_the_run_naming_the_resource(
         run(job, actors)
     assert time.monotonic() - started >= 0.05
     assert "2 task(s) left" in str(stopped.value) and "CPUs or GPUs" in str(stopped.value)
+
+
+def test_a_failure_after_raises_and_a_death_counts_the_deaths_and_keeps_what_it_raised(
+    tmp_path, monkeypatch
+):
+    job = make_job(tmp_path, tasks=1, max_retries=2)
+    (a,) = ids(job)
+    script = [raised(ValueError("bad row")), raised(ValueError("bad row")), ActorDiedError()]
+    cluster = FakeCluster(monkeypatch, {a: script})
+    failed = run(job, [cluster.actor("x")]).state.failed()[a]
+    assert failed.attempts == 3
+    assert failed.message == "its actor died 1 time(s); before that it raised ValueError: bad row"
+
+
+def test_a_dead_actors_idle_slot_gets_no_task_before_its_probe_answers(tmp_path, monkeypatch):
+    job = make_job(tmp_path, tasks=1, max_retries=1)
+    (a,) = ids(job)
+    cluster = FakeCluster(monkeypatch, {})
+    x, y = cluster.actor("x", gone=True), cluster.actor("y")
+    driver = driver_for(job, [x, y])
+    driver.idle = [y, x, x]  # the last is handed out first: a goes to x, x keeps a slot idle
+    driver.run(job.tasks)
+    # without the hold, a went straight back to x's idle slot, died again and failed
+    assert cluster.calls_of(a) == ["x", "y"] and driver.state.failed() == {}
