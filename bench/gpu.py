@@ -48,10 +48,15 @@ from common import (
 )
 
 from export.exporter import export_layouts
-from export.optimize import ATTENTION_LAYOUTS, CUDA_ONLY_LAYOUTS
 from export.stand_in import build_stand_in
 from workers import Embedder, EmbedOptions
-from workers.model_dir import TOKENIZER_FILE, ModelDirError, read_card
+from workers.model_dir import (
+    ATTENTION_LAYOUTS,
+    CUDA_ONLY_LAYOUTS,
+    TOKENIZER_FILE,
+    ModelDirError,
+    read_card,
+)
 from workers.prepare import TextPreparer
 
 

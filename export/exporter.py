@@ -23,7 +23,6 @@ import numpy as np
 
 from export.graph import OPSET, export_graph
 from export.optimize import (
-    CUDA_ONLY_LAYOUTS,
     check_layout,
     default_layout,
     fuse,
@@ -35,11 +34,17 @@ from export.parity import THRESHOLDS, builtin_texts, canary_texts, measure, refe
 from export.source import ExportError, Source, load_source
 from workers import Embedder, EmbedOptions
 from workers.files import sha256_file, write_atomic
-from workers.model_dir import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, ModelCard
+from workers.model_dir import (
+    CARD_FILE,
+    CUDA_ONLY_LAYOUTS,
+    DTYPES,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ModelCard,
+)
 from workers.session import resolve_device
 
 log = logging.getLogger(__name__)
-EXPORT_DTYPES = ("fp32", "fp16", "int8")
 _LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime-gpu")
 
 
@@ -52,10 +57,8 @@ class Plan:
     attention: str = "attention"
 
     def check(self) -> None:
-        if self.dtype not in EXPORT_DTYPES:
-            raise ExportError(
-                f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {self.dtype!r}"
-            )
+        if self.dtype not in DTYPES:
+            raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_layout(self.attention)
         if self.attention != "attention" and not self.optimize:
             raise ExportError(f"--attention {self.attention} is a fused layout; drop --no-optimize")

@@ -37,14 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from export.source import ExportError
+from workers.model_dir import ATTENTION_LAYOUTS
 
 # Model types whose graphs onnxruntime's 'bert' fusion patterns cover.
 BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra")
 
 
-ATTENTION_LAYOUTS = ("attention", "mha", "packed", "packed-mha")
-# Layouts with no CPU kernels: their parity can only be measured on a GPU.
-CUDA_ONLY_LAYOUTS = ("packed", "packed-mha")
 # fp16 is the CUDA format, and packed-mha its fastest layout on an H200 (gte-large's shape,
 # ~250-token documents, bench/results/gpu.json): 562,253 tokens/s against 487,578 for packed,
 # 230,104 for mha and 220,467 for attention. fp32 and int8 serve CPUs too: attention.

@@ -23,7 +23,7 @@ from typing import Any
 from pipelines.config import Config, ConfigError, load_config
 from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
-from workers.model_dir import CARD_FILE, ModelDirError, read_card
+from workers.model_dir import ATTENTION_LAYOUTS, CARD_FILE, DTYPES, ModelDirError, read_card
 
 EXPORT_HINT = "this command needs the export extra: pip install 'embedpipe[export]'"
 
@@ -98,12 +98,10 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="local sentence-transformers dir, pkg:NAME or hub id")
     p.add_argument("--out", type=Path, help="model directory to write")
-    p.add_argument(
-        "--dtype", choices=["fp32", "fp16", "int8"], help="fp32 (default), fp16 (GPU), int8 (CPU)"
-    )
+    p.add_argument("--dtype", choices=DTYPES, help="fp32 (default), fp16 (GPU), int8 (CPU)")
     p.add_argument(
         "--attention",
-        choices=["attention", "mha", "packed", "packed-mha"],
+        choices=ATTENTION_LAYOUTS,
         help="attention layout: default packed-mha for fp16 (fastest on CUDA; packed* run on "
         "CUDA only), attention otherwise",
     )

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from workers import EmbedOptions
-from workers.model_dir import CARD_FILE
+from workers.model_dir import CARD_FILE, AttentionLayout, Dtype
 
 
 class ConfigError(ValueError):
@@ -38,10 +38,10 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     source: str  # hub id, sentence-transformers directory, pkg:NAME, or an exported model directory
     dir: Path | None = None  # where an export is kept; needed unless source is an exported dir
-    dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    dtype: Dtype = "fp32"
     # The attention layout of the export (export/optimize.py); unset: whatever the export in
     # model.dir holds, and when exporting packed-mha for fp16 (CUDA only), attention otherwise.
-    attention: Literal["attention", "mha", "packed", "packed-mha"] | None = None
+    attention: AttentionLayout | None = None
     optimize: bool = True
     trust_remote_code: bool = False
 

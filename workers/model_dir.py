@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from workers.files import sha256_file
 
@@ -23,10 +23,14 @@ CARD_FORMAT = 1
 # model.onnx's tensor names; the inputs in the order the graph takes them (export/graph.py).
 GRAPH_INPUTS = ("input_ids", "attention_mask")
 GRAPH_OUTPUT = "sentence_embedding"
-DTYPES = ("fp32", "fp16", "int8")
+Dtype = Literal["fp32", "fp16", "int8"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
 # How attention is laid out in model.onnx (export/optimize.py); cards written before the key
 # existed hold the fused Attention op.
-ATTENTION_LAYOUTS = ("attention", "mha", "packed", "packed-mha")
+AttentionLayout = Literal["attention", "mha", "packed", "packed-mha"]
+ATTENTION_LAYOUTS: tuple[str, ...] = get_args(AttentionLayout)
+# Padding-free graphs: onnxruntime has no CPU kernels for RemovePadding and packed attention.
+CUDA_ONLY_LAYOUTS = ("packed", "packed-mha")
 
 
 class ModelDirError(ValueError):

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from workers.errors import DeviceError, DeviceOutOfMemory, is_out_of_memory
-from workers.model_dir import GRAPH_INPUTS, GRAPH_OUTPUT
+from workers.model_dir import CUDA_ONLY_LAYOUTS, GRAPH_INPUTS, GRAPH_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 # key-length mask (the `mha` layout).
 SDPA_WITH_CUDNN = 1 | 2 | 4 | 8 | 16 | 32 | 64
 CUDNN_LAYOUTS = ("mha",)
-# Padding-free graphs: onnxruntime has no CPU kernels for RemovePadding and the packed attention.
-CUDA_ONLY_LAYOUTS = ("packed", "packed-mha")
 
 
 def resolve_device(device: str) -> str:
