@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -98,9 +99,12 @@ class Endpoint:
             return await self._handle(method, path, headers, body)
         except ApiError as err:
             return Answer(err.status, err.body())
-        except Exception as err:
-            log.exception("request failed")
-            return Answer(500, {"error": f"internal error: {type(err).__name__}: {err}"})
+        except Exception:
+            # The client gets an id to quote, never the exception: its text can name the
+            # server's paths and internals. The log has the whole traceback under that id.
+            incident = uuid.uuid4().hex[:12]
+            log.exception("request failed (incident %s)", incident)
+            return Answer(500, {"error": f"internal error (incident {incident}); see the log"})
 
     async def _handle(
         self,
@@ -143,7 +147,10 @@ class Endpoint:
                 estimated_time=loader.remaining_s(),
             )
         if loader.embedder is None:
-            raise ApiError(500, f"the model failed to load: {loader.error}")
+            # its reason names the server's files: the log has it, the client gets the kind
+            raise ApiError(
+                500, f"the model failed to load ({type(loader.error).__name__}); see the log"
+            )
         return loader.embedder
 
     async def _vectors(self, query: Query, use_cache: bool) -> tuple[np.ndarray, bool]:

@@ -140,3 +140,18 @@ def test_a_model_that_fails_to_load_is_a_500_not_a_crash(tmp_path):
     assert asyncio.run(broken.loader.wait(30))
     answer = call(broken, {"inputs": "x"})
     assert answer.status == 500 and "failed to load" in answer.body["error"]
+    assert str(tmp_path) not in json.dumps(answer.body)  # the server's paths stay on the server
+
+
+def test_an_unexpected_error_is_a_500_with_an_incident_id_and_no_internals(minilm_dir, caplog):
+    endpoint = make_endpoint(minilm_dir)
+    assert asyncio.run(endpoint.loader.wait(60))
+
+    async def broken(texts, options):
+        raise OSError(2, "No such file or directory", "/srv/secret/model.onnx")
+
+    endpoint.embed = broken
+    answer = call(endpoint, {"inputs": "x"}, x_use_cache="false")
+    assert answer.status == 500 and "/srv/secret" not in json.dumps(answer.body)
+    incident = answer.body["error"].split("incident ")[1].split(")")[0]
+    assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)
