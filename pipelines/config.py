@@ -63,6 +63,9 @@ class InputConfig(_Section):
     text_column: str = "text"
     keep_columns: list[str] = Field(default_factory=list)
     rows_per_task: int = Field(default=20000, ge=1)
+    # A file of another kind under input.path (a README, a checksum file) is an error unless this
+    # skips it with a warning.
+    skip_unknown_files: bool = False
 
 
 class OutputConfig(_Section):

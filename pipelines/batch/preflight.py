@@ -65,7 +65,8 @@ def prepare(config: Config) -> Job:
     check_cache_paths(config.run.cache_from, config.output.path)
     model_dir = ensure_model(config)
     card = read_card(model_dir)
-    files = require_columns(list_inputs(inp.path), required_columns(inp), inp.text_column)
+    listed = list_inputs(inp.path, inp.skip_unknown_files)
+    files = require_columns(listed, required_columns(inp), inp.text_column)
     tasks = plan_tasks(files, inp.rows_per_task)
     try:
         prompt = prompt_for(card, config.embedding.options())

@@ -1,5 +1,11 @@
 """Input shards: list them, count their rows, read one row range of one file with polars.
 
+Formats by name: `.parquet` (any codec inside), `.jsonl`, `.ndjson` and `.json` (JSON Lines, as
+Spark and BigQuery export it), `.csv`; the text formats also gzip- or zstd-compressed (`.gz`,
+`.zst` after the format's suffix), decompressed on the fly. A JSON array is refused with the
+command that turns it into JSON Lines; a CSV's UTF-8 byte-order mark (spreadsheet exports) is
+dropped from its first column's name.
+
 Parquet row counts come from the file footer; JSONL and CSV are counted with a lazy polars scan,
 so planning never holds document text. CSV is read with every column as a string: inferring
 types would turn the id "00123" into 123. Files whose names start with '_' or '.' are skipped in
@@ -20,13 +26,27 @@ import glob as globlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+}
+# Whole-file compression of the text formats; Parquet compresses inside its pages.
+COMPRESSIONS = (".gz", ".zst")
+SUFFIXES = [
+    *FORMATS,
+    *(f"{s}{c}" for s in FORMATS if FORMATS[s] != "parquet" for c in COMPRESSIONS),
+]
 # JSONL lines polars reads to guess the columns before confirming a missing one on the whole file
 SCHEMA_SAMPLE_LINES = 100
 # What polars makes of a JSON number, boolean, object or array it had to turn into a string
@@ -53,18 +73,32 @@ class InputFile:
     text_column: str | None = None
 
 
-def list_inputs(path: str) -> list[InputFile]:
-    """The shards of a file, a directory (recursively) or a glob, in a stable order."""
+def file_format(name: str) -> str | None:
+    """The format a file name says (`x.jsonl.gz` -> jsonl), or None for any other name."""
+    lower = name.lower()
+    for suffix in SUFFIXES:
+        if lower.endswith(suffix):
+            return FORMATS[suffix.removesuffix(".gz").removesuffix(".zst")]
+    return None
+
+
+def list_inputs(path: str, skip_unknown: bool = False) -> list[InputFile]:
+    """The shards of a file, a directory (recursively) or a glob, in a stable order. A file of
+    another kind is an error, or with `skip_unknown` skipped with a warning."""
     root, found = _expand(path)
     if not found:
         raise InputError(f"input.path {path!r} matches no files")
-    files = []
+    files: list[InputFile] = []
     for file in sorted(found):
-        fmt = FORMATS.get(file.suffix.lower())
+        fmt = file_format(file.name)
+        if fmt is None and skip_unknown:
+            log.warning("%s: not an input format; skipped (input.skip_unknown_files)", file)
+            continue
         if fmt is None:
             raise InputError(
-                f"{file}: unsupported extension {file.suffix!r}; input files must be one of "
-                f"{', '.join(FORMATS)} (or start with '_' or '.' to be skipped)"
+                f"{file}: unsupported extension {''.join(file.suffixes[-2:])!r}; input files "
+                f"must end in one of {', '.join(SUFFIXES)} (or start with '_' or '.' to be "
+                "skipped). Set input.skip_unknown_files: true to skip other files with a warning"
             )
         key = file.relative_to(root).as_posix() if root != file else file.name
         try:
@@ -73,6 +107,8 @@ def list_inputs(path: str) -> list[InputFile]:
             # One corrupt shard must not stop the others: it becomes a task that fails.
             rows, error = None, str(err)
         files.append(InputFile(str(file), key, fmt, rows, _size(file), error))
+    if not files:
+        raise InputError(f"input.path {path!r} holds no input file, only files of other kinds")
     return files
 
 
@@ -153,7 +189,34 @@ def read_error(path: str | Path, fmt: str, err: Exception) -> InputError:
     if fmt != "parquet" and (where := first_bad_utf8(path)) is not None:
         line, offset = where
         return InputError(f"{path}: line {line} (byte {offset}) is not valid UTF-8; {REENCODE}")
+    if fmt == "jsonl" and _starts_with(path, b"["):
+        return InputError(
+            f"{path} is a JSON array, not JSON Lines (one object per line); convert it, e.g. "
+            "jq -c '.[]' IN > OUT.jsonl"
+        )
     return InputError(f"{path}: cannot read it as {fmt}: {err}")
+
+
+def _open(path: str | Path) -> pa.NativeFile:
+    """The file's bytes, decompressed when its name ends in .gz or .zst."""
+    return pa.input_stream(str(path), compression="detect")
+
+
+def _starts_with(path: str | Path, prefix: bytes) -> bool:
+    with _open(path) as stream:
+        return stream.read(4096).lstrip().startswith(prefix)
+
+
+def _lines(path: str | Path) -> Iterator[bytes]:
+    """The file's lines (decompressed), each with its newline."""
+    rest = b""
+    with _open(path) as stream:
+        while chunk := stream.read(1 << 20):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                yield line + b"\n"
+    if rest:
+        yield rest
 
 
 def first_bad_utf8(path: str | Path) -> tuple[int, int] | None:
@@ -161,13 +224,12 @@ def first_bad_utf8(path: str | Path) -> tuple[int, int] | None:
     1) and `dd` (offset from 0) do; None when the whole file decodes. Only called once a read
     failed, so the second pass costs nothing on good files."""
     offset = 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                return number, offset + err.start
-            offset += len(line)
+    for number, line in enumerate(_lines(path), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return number, offset + err.start
+        offset += len(line)
     return None
 
 
@@ -259,8 +321,12 @@ def _raw_values(path: str, start: int, rows: list[int], name: str) -> list[tuple
 
 
 def missing_columns(path: str | Path, missing: list[str], present: list[str], settings: str) -> str:
-    """What a file lacking columns is told: which, what it has, and the config keys to set."""
-    return (
-        f"{path}: column(s) {', '.join(missing)} not found; columns are: "
-        f"{', '.join(present)}. Set {settings}"
-    )
+    """What a file lacking columns is told: which, what it has, and the config keys to set (or,
+    for a CSV read as one column, the separator it really has)."""
+    found = f"{path}: column(s) {', '.join(missing)} not found; columns are: {', '.join(present)}"
+    if len(present) == 1 and (sep := next((s for s in ";\t|" if s in present[0]), None)):
+        return (
+            f"{found}. It looks {sep!r}-separated; embedpipe reads comma-separated CSV: "
+            "export it with commas, or as Parquet or JSON Lines"
+        )
+    return f"{found}. Set {settings}"
