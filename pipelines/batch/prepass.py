@@ -121,7 +121,8 @@ def task_ids(task: Task, out: str, read_ids: Callable[[], list[object]]) -> IdDi
         found = digest_ids([None if v is None else str(v) for v in read_ids()])
         return {"digests": found.digests, "null": found.null}
 
-    saved = cached_arrays(digest_path(out, "ids", task.task_id, task.file.size), compute)
+    where = digest_path(out, "ids", task.task_id, task.file.size, task.file.version)
+    saved = cached_arrays(where, compute)
     return IdDigest(saved["digests"], saved["null"])
 
 
@@ -135,5 +136,6 @@ def task_texts(
         digest = text_hashes(prompt, read_texts())
         return {"hashes": digest.hashes, "missing": digest.missing}
 
-    saved = cached_arrays(digest_path(out, "texts", task.task_id, task.file.size), compute)
+    where = digest_path(out, "texts", task.task_id, task.file.size, task.file.version)
+    saved = cached_arrays(where, compute)
     return TextDigest(saved["hashes"], saved["missing"])

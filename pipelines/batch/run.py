@@ -93,19 +93,37 @@ def pending(job: Job, state: RunState) -> list[Task]:
 
 
 def check_inputs_unchanged(job: Job, done: dict[str, DoneMarker], out: Path) -> None:
-    """Refuses to go on where a shard changed size since one of its tasks was done: its part
-    files would be stale, and where its row count changed, the new plan's tasks would embed its
-    rows a second time beside the old tasks' part files. Checks every done marker, planned or
-    not, for that reason."""
+    """Refuses to go on where a shard was written since one of its tasks was done (its size or
+    its version, the mtime, differ): its part files would be stale, and where its row count
+    changed, the new plan's tasks would embed its rows a second time beside the old tasks' part
+    files. Checks every done marker, planned or not, for that reason; markers written before
+    versions were recorded are checked by size."""
     files = {f.key: f for f in job.files}
     for task_id, marker in sorted(done.items()):
-        key, size = marker.input_key, marker.input_size
-        if key in files and files[key].size != size:
-            raise StateError(
-                f"{files[key].path} changed since task {task_id} embedded it (size {size} "
-                f"then, {files[key].size} now); its vectors in {out} would be stale. "
-                "Write to a new output.path"
+        file = files.get(marker.input_key)
+        if file is None:
+            continue
+        if file.size != marker.input_size:
+            change = f"size {marker.input_size} then, {file.size} now"
+        elif marker.input_version and file.version != marker.input_version:
+            change = (
+                f"same size, modified {_when(marker.input_version)} then, {_when(file.version)} "
+                "now; if only its time changed (a copy that did not keep it), restore it with "
+                f"touch -d '{_when(marker.input_version)}' and rerun"
             )
+        else:
+            continue
+        raise StateError(
+            f"{file.path} changed since task {task_id} embedded it ({change}); its vectors in "
+            f"{out} would be stale. Write to a new output.path"
+        )
+
+
+def _when(version: str) -> str:
+    """An mtime version (ns since the epoch) as local time, to the nanosecond."""
+    ns = int(version)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 10**9))
+    return f"{stamp}.{ns % 10**9:09d}"
 
 
 def _still_done(marker: DoneMarker | None, out: Path) -> bool:

@@ -88,6 +88,7 @@ def run_task(embedder: Embedder, spec: TaskSpec) -> DoneMarker:
         task_id=task.task_id,
         input_key=task.file.key,
         input_size=task.file.size,
+        input_version=task.file.version,
         rows=task.rows,
         embedded=result.embedded,
         rejected=task.rows - len(rows),

@@ -68,6 +68,8 @@ class InputFile:
     rows: int | None  # None: the file could not be read; `error` says why
     size: int
     error: str | None = None
+    # What changes when the file is written again, size aside: its mtime in ns (local files).
+    version: str = ""
     # Set at planning: the column whose JSON values must be strings. read_rows is given all of
     # a task's columns alike, and ids or kept columns may well mix 1 and "a"; texts may not.
     text_column: str | None = None
@@ -106,7 +108,7 @@ def list_inputs(path: str, skip_unknown: bool = False) -> list[InputFile]:
         except InputError as err:
             # One corrupt shard must not stop the others: it becomes a task that fails.
             rows, error = None, str(err)
-        files.append(InputFile(str(file), key, fmt, rows, _size(file), error))
+        files.append(InputFile(str(file), key, fmt, rows, _size(file), error, _version(file)))
     if not files:
         raise InputError(f"input.path {path!r} holds no input file, only files of other kinds")
     return files
@@ -152,6 +154,13 @@ def _link(path: Path) -> str:
         return repr(str(path.readlink()))
     except OSError:
         return "target"
+
+
+def _version(path: Path) -> str:
+    try:
+        return str(path.stat().st_mtime_ns)
+    except OSError:  # a broken symlink: its error says so
+        return ""
 
 
 def _size(path: Path) -> int:

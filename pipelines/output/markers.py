@@ -49,6 +49,7 @@ class DoneMarker:
     deduplicated: int = 0
     oom_splits: int = 0  # batches split because the device ran out of memory
     max_batch_tokens: int = 0  # the actor's budget when the task ended (lowered by those)
+    input_version: str = ""  # the input's version when read (mtime); "" in older markers
 
     def part_paths(self, out: Path) -> tuple[str, ...]:
         """Its part files (not its rejects) under OUT."""
@@ -59,7 +60,11 @@ class DoneMarker:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "input": {"key": self.input_key, "size": self.input_size},
+            "input": {
+                "key": self.input_key,
+                "size": self.input_size,
+                "version": self.input_version,
+            },
             "rows": self.rows,
             "embedded": self.embedded,
             "from_cache": self.from_cache,
@@ -88,6 +93,7 @@ class DoneMarker:
             deduplicated=raw.get("deduplicated", 0),
             oom_splits=oom.get("splits", 0),
             max_batch_tokens=oom.get("max_batch_tokens", 0),
+            input_version=raw["input"].get("version", ""),
         )
 
 

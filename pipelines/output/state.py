@@ -127,10 +127,13 @@ class RunState:
         return len(stray)
 
 
-def digest_path(out: str | Path, kind: str, task_id: str, input_size: int) -> Path:
-    """Where a task's digests of `kind` are cached: keyed by the input's size as well, the rule
-    the done markers use, so a shard edited between two runs of an output is read again."""
-    return Path(out) / "_state" / kind / f"{task_id}.{input_size}.npz"
+def digest_path(
+    out: str | Path, kind: str, task_id: str, input_size: int, version: str = ""
+) -> Path:
+    """Where a task's digests of `kind` are cached: keyed by the input's size and version as
+    well, the rule the done markers use, so a shard edited between two runs is read again."""
+    identity = f"{input_size}.{version}" if version else str(input_size)
+    return Path(out) / "_state" / kind / f"{task_id}.{identity}.npz"
 
 
 def cached_arrays(

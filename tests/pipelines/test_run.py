@@ -201,6 +201,23 @@ def test_a_shard_grown_since_its_task_was_done_is_refused_not_embedded_twice(
     assert parts["id"].n_unique() == len(parts) == before
 
 
+def test_a_shard_edited_in_place_keeping_its_size_is_refused_and_restoring_its_time_resumes(
+    job_conf, tmp_path, capsys
+):
+    path, over = job_conf(**{"input.rows_per_task": 100})
+    assert main(["run", str(path), *over]) == 0
+    shard = tmp_path / "in" / "s4.csv"
+    before = shard.stat()
+    shard.write_bytes(shard.read_bytes().replace(b"doc-0120", b"doc-9120", 1))  # same size
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert shard.stat().st_size == before.st_size
+    assert main(["run", str(path), *over]) == 2
+    err = capsys.readouterr().err
+    assert "s4.csv changed since task s4_csv-" in err and "same size, modified" in err
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # what `touch -d` would do
+    assert main(["run", str(path), *over]) == 0
+
+
 def test_other_options_on_the_same_output_are_refused(job_conf, capsys):
     path, over = job_conf()
     assert main(["run", str(path), *over]) == 0
