@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.storage.settings import StorageSettings
 from workers import EmbedOptions
 from workers.model_dir import CARD_FILE, AttentionLayout, Dtype
 
@@ -72,6 +73,16 @@ class OutputConfig(_Section):
     path: Path
     partition_by: list[str] = Field(default_factory=list)
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _local(cls, value: object) -> object:
+        if isinstance(value, str) and "://" in value:
+            raise ValueError(
+                f"{value}: an object-store output is not supported yet; write to a local or "
+                "shared directory (inputs and run.cache_from may be s3:// already)"
+            )
+        return value
+
 
 class EmbeddingConfig(_Section):
     normalize: bool = True
@@ -119,6 +130,21 @@ class RunConfig(_Section):
     cache_from: list[str] = Field(default_factory=list)
 
 
+class StorageConfig(_Section):
+    """Object stores (s3://): these win over AWS_ENDPOINT_URL and AWS_DEFAULT_REGION; the
+    credentials come from the environment only (pipelines/storage/settings.py)."""
+
+    endpoint_url: str | None = None  # e.g. http://minio:9000
+    region: str | None = None
+    allow_http: bool | None = None  # default: true when endpoint_url is http://
+    anonymous: bool = False  # public buckets, unsigned requests
+
+    def settings(self) -> StorageSettings:
+        return StorageSettings.resolve(
+            self.endpoint_url, self.region, self.allow_http, self.anonymous
+        )
+
+
 class ServeConfig(_Section):
     """`embedpipe serve`: the HTTP endpoint."""
 
@@ -155,6 +181,7 @@ class Config(_Section):
     workers: WorkersConfig = WorkersConfig()
     run: RunConfig = RunConfig()
     serve: ServeConfig = ServeConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _partitions_are_kept_columns(self) -> Config:

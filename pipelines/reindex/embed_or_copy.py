@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipelines.output.part_files import hashes_of
+from pipelines.storage import stores
+from pipelines.storage.settings import StorageSettings
 from workers import Embeddings, EmbedOptions
 from workers.text_hash import HASH_DTYPE, TextDigest, locate
 
@@ -51,12 +52,16 @@ class Resolved:
     deduplicated: int  # rows whose text another row of this run had embedded
 
 
-def read_known(files: Sequence[str], wanted: np.ndarray, dim: int) -> Known:
-    """The vectors (`dim` wide) of the wanted digests that the files hold."""
+def read_known(
+    files: Sequence[str], wanted: np.ndarray, dim: int, storage: StorageSettings | None = None
+) -> Known:
+    """The vectors (`dim` wide) of the wanted digests that the files (local or object-store
+    locations) hold."""
+    storage = storage or StorageSettings()
     parts = [(np.zeros(0, HASH_DTYPE), Embeddings(np.zeros((0, dim), np.float32), *_none()))]
     for name in files:
         try:
-            found = _read_matching(name, wanted)
+            found = _read_matching(name, wanted, storage)
         except (OSError, ValueError) as err:  # gone or damaged since the driver planned
             log.warning("not copying from %s (%s): its rows are embedded instead", name, err)
             continue
@@ -67,13 +72,15 @@ def read_known(files: Sequence[str], wanted: np.ndarray, dim: int) -> Known:
     return Known(hashes[first], _concat([rows for _, rows in parts]).take(first))
 
 
-def _read_matching(name: str, wanted: np.ndarray) -> tuple[np.ndarray, Embeddings] | None:
+def _read_matching(
+    name: str, wanted: np.ndarray, storage: StorageSettings
+) -> tuple[np.ndarray, Embeddings] | None:
     # the hashes first: a file holding none of the wanted texts costs no vector read
-    hashes = hashes_of(pq.read_table(name, columns=["text_hash"]).column("text_hash"))
+    hashes = hashes_of(stores.read_parquet(name, storage, ["text_hash"]).column("text_hash"))
     rows = np.flatnonzero(np.isin(hashes, wanted))
     if len(rows) == 0:
         return None
-    table = pq.read_table(name, columns=COPIED).take(rows)
+    table = stores.read_parquet(name, storage, COPIED).take(rows)
     embedding = table.column("embedding").combine_chunks()
     vectors = embedding.flatten().to_numpy(zero_copy_only=False)
     return hashes[rows], Embeddings(

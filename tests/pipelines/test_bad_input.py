@@ -22,7 +22,8 @@ from pipelines.batch.preflight import check_paths
 from pipelines.batch.run import run_job
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.inputs.readers import InputError, list_inputs, read_rows
+from pipelines.inputs.listing import list_inputs
+from pipelines.inputs.readers import InputError, read_rows
 from pipelines.output.state import RunState
 
 ROOT = Path(__file__).parents[2]

@@ -6,8 +6,9 @@ import json
 import polars as pl
 import pytest
 
+from pipelines.inputs.listing import list_inputs
 from pipelines.inputs.planning import plan_tasks, task_id
-from pipelines.inputs.readers import InputError, list_inputs, read_rows
+from pipelines.inputs.readers import InputError, read_rows
 
 ROWS = [{"id": f"{i:05d}", "text": f"text number {i}", "title": f"t{i}"} for i in range(25)]
 

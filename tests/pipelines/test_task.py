@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from pipelines.batch.task import TaskSpec, id_problems, run_task
+from pipelines.inputs.listing import list_inputs
 from pipelines.inputs.planning import plan_tasks
-from pipelines.inputs.readers import list_inputs
 from workers import Embedder, EmbedOptions
 
 ROWS = [
