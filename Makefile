@@ -10,7 +10,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -41,7 +41,7 @@ chaos: setup ## a long chaos run: 200 tasks, 30 random SIGKILLs of actors and dr
 	rm -rf build/chaos
 	$(PY) -m tests.chaos --model-dir $$($(PY) -c "from pipelines.config import load_config; print(load_config('$(CONF)').model.export_dir())") --work build/chaos --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS)
 
-bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host ## run every benchmark that needs no GPU
+bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-storage ## run every benchmark that needs no GPU
 
 bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
 	$(PY) bench/embedder.py --out bench/results/embedder.json
@@ -54,6 +54,9 @@ bench-gpu: setup ## on a GPU machine: gte-large's shape in fp16, sentence-transf
 
 gpu-check: ## one GPU window, installs nothing: versions, attention kernels, bench-gpu over every layout, gpu tests -> $(OUT)
 	PYTHON=$(PYTHON) OUT=$(OUT) bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
+
+bench-storage: setup ## the stdlib corpus in and out of S3 (a local moto server) vs a local disk -> bench/results/storage.json
+	$(PY) bench/storage.py --out bench/results/storage.json
 
 bench-cache: setup ## re-index of the stdlib corpus with 10% changed, use_cache vs a full recompute -> bench/results/cache.json
 	$(PY) bench/cache.py --out bench/results/cache.json

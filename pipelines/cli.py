@@ -91,7 +91,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _add_status(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, help="the output.path of a run")
+    p.add_argument("out", help="the output.path of a run (a directory or s3://bucket/prefix)")
     p.set_defaults(handler=_status)
 
 
@@ -359,9 +359,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from pipelines.output.state import StateError
     from pipelines.output.status import describe
+    from pipelines.storage.settings import StorageSettings
 
-    print(describe(args.out))
+    try:
+        print(describe(args.out, StorageSettings.resolve()))
+    except (StateError, OSError) as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

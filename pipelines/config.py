@@ -70,18 +70,8 @@ class InputConfig(_Section):
 
 
 class OutputConfig(_Section):
-    path: Path
+    path: str  # a local directory or s3://bucket/prefix
     partition_by: list[str] = Field(default_factory=list)
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _local(cls, value: object) -> object:
-        if isinstance(value, str) and "://" in value:
-            raise ValueError(
-                f"{value}: an object-store output is not supported yet; write to a local or "
-                "shared directory (inputs and run.cache_from may be s3:// already)"
-            )
-        return value
 
 
 class EmbeddingConfig(_Section):
@@ -138,10 +128,13 @@ class StorageConfig(_Section):
     region: str | None = None
     allow_http: bool | None = None  # default: true when endpoint_url is http://
     anonymous: bool = False  # public buckets, unsigned requests
+    # An object-store output's lock is a lease renewed while the run lives: a killed run's
+    # lock is taken over this long after its last renewal.
+    lock_lease_s: float = Field(default=60, ge=2)
 
     def settings(self) -> StorageSettings:
         return StorageSettings.resolve(
-            self.endpoint_url, self.region, self.allow_http, self.anonymous
+            self.endpoint_url, self.region, self.allow_http, self.anonymous, self.lock_lease_s
         )
 
 

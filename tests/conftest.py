@@ -162,7 +162,7 @@ class Bucket:
         body = data.encode() if isinstance(data, str) else data
         self.client.put_object(Bucket=self.name, Key=key, Body=body)
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def listed(self, prefix: str = "") -> list[str]:
         found = self.client.list_objects_v2(Bucket=self.name, Prefix=prefix)
         return sorted(item["Key"] for item in found.get("Contents", []))
 

@@ -15,12 +15,18 @@ import yaml
 
 from pipelines.batch.task import TaskSpec
 from pipelines.config import Config, ConfigError, InputConfig
-from pipelines.inputs.listing import glob_root, is_skipped, list_inputs
+from pipelines.inputs.listing import (
+    glob_root,
+    is_skipped,
+    is_skipped_key,
+    list_inputs,
+    remote_root,
+)
 from pipelines.inputs.planning import Task, plan_tasks, require_columns
 from pipelines.inputs.readers import InputError, InputFile
 from pipelines.output.fingerprint import build_fingerprint
 from pipelines.storage.settings import StorageSettings
-from pipelines.storage.stores import is_remote
+from pipelines.storage.stores import is_remote, scheme_of
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
 from workers.options import OptionError, prompt_for
 
@@ -90,13 +96,20 @@ def required_columns(inp: InputConfig) -> dict[str, str]:
     return keys
 
 
-def check_paths(input_path: str, output_path: Path) -> None:
+def check_paths(input_path: str, output_path: str | Path) -> None:
     """Refuses an output the input listing would find (a rerun would embed its own part files)
-    and an input inside the output. A glob is judged by the directory it starts from; an
-    object-store input never overlaps a local output."""
-    if is_remote(input_path):
+    and an input inside the output. A glob is judged by the directory it starts from; a local
+    path never overlaps an object-store one."""
+    output_path = str(output_path)
+    if scheme_of(output_path) in ("gs", "az"):
+        raise InputError(
+            f"output.path {output_path}: an output on gs:// or az:// is not supported yet (the "
+            "run lock needs S3's conditional writes); write to s3:// or a local directory"
+        )
+    if is_remote(input_path) or is_remote(output_path):
+        _check_remote_paths(input_path, output_path)
         return
-    out = output_path.resolve()
+    out = Path(output_path).resolve()
     root = path_root(input_path)
     if root.is_relative_to(out):
         raise InputError(
@@ -112,10 +125,36 @@ def check_paths(input_path: str, output_path: Path) -> None:
         )
 
 
-def check_cache_paths(paths: list[str], output_path: Path) -> None:
+def _check_remote_paths(input_path: str, output_path: str) -> None:
+    root, out = remote_root(input_path).rstrip("/"), output_path.rstrip("/")
+    if _within(root, out):
+        raise InputError(
+            f"input.path {input_path!r} is inside output.path {output_path}: the run would "
+            "read what it writes. Set output.path to a prefix outside the input"
+        )
+    if _within(out, root) and not is_skipped_key(out[len(root) :].lstrip("/")):
+        raise InputError(
+            f"output.path {output_path} is inside input.path {input_path!r}: a rerun would read "
+            "its own part files as input. Set output.path outside the input (or under a "
+            "prefix whose name starts with '_', which the input listing skips)"
+        )
+
+
+def _within(location: str, root: str) -> bool:
+    return location == root or location.startswith(root + "/")
+
+
+def check_cache_paths(paths: list[str], output_path: str | Path) -> None:
     """Refuses a run.cache_from inside this run's own output."""
+    output_path = str(output_path)
     for path in paths:
-        if not is_remote(path) and path_root(path).is_relative_to(output_path.resolve()):
+        if is_remote(path) != is_remote(output_path):
+            continue
+        if is_remote(path):
+            inside = _within(remote_root(path).rstrip("/"), output_path.rstrip("/"))
+        else:
+            inside = path_root(path).is_relative_to(Path(output_path).resolve())
+        if inside:
             raise InputError(
                 f"run.cache_from names {path}, inside this run's output.path {output_path}: a "
                 "rerun keeps its own finished tasks already. Remove it from run.cache_from"
@@ -163,7 +202,6 @@ def ensure_model(config: Config) -> Path:
     return model_dir
 
 
-def save_resolved_config(config: Config, out: Path) -> None:
-    path = out / "_state" / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def resolved_config(config: Config) -> str:
+    """The config as this run resolved it (overrides applied), for OUT/_state/config.yaml."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -34,7 +34,10 @@ from pipelines.batch.repeated_ids import IdDigest, digest_ids
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import read_rows
 from pipelines.interrupt import StopRequest
+from pipelines.output.faults import check_write
 from pipelines.output.state import cached_arrays, digest_path
+from pipelines.storage.settings import StorageSettings
+from pipelines.storage.tree import Tree
 from workers.text_hash import TextDigest, text_hashes
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class DigestRequest:
     id_column: str
     out: str
     text: tuple[str, str] | None = None  # (text column, prompt) under use_cache
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,9 @@ def collect_digests(job: Job, actors: list[Any], tasks: list[Task], stop: StopRe
 
 
 def request(job: Job, task: Task) -> DigestRequest:
-    inp, out = job.config.input, str(job.config.output.path)
+    inp, out = job.config.input, job.config.output.path
     text = (inp.text_column, job.prompt) if job.config.run.use_cache else None
-    return DigestRequest(task, inp.id_column, out, text)
+    return DigestRequest(task, inp.id_column, out, text, job.storage)
 
 
 def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdDigest, TextDigest | None]:
@@ -107,27 +111,28 @@ def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdDigest, TextDi
     def rows() -> pl.DataFrame:
         return read_rows(task.file, task.start, task.stop, columns)
 
-    ids = task_ids(task, ask.out, lambda: rows()[ask.id_column].to_list())
+    out = Tree(ask.out, ask.storage, before_publish=check_write)
+    ids = task_ids(task, out, lambda: rows()[ask.id_column].to_list())
     if ask.text is None:
         return ids, None
     column, prompt = ask.text
-    return ids, task_texts(task, prompt, ask.out, lambda: rows()[column].to_list())
+    return ids, task_texts(task, prompt, out, lambda: rows()[column].to_list())
 
 
-def task_ids(task: Task, out: str, read_ids: Callable[[], list[object]]) -> IdDigest:
+def task_ids(task: Task, out: Tree, read_ids: Callable[[], list[object]]) -> IdDigest:
     """The task's id digests, from the cache when an earlier run of this output made them."""
 
     def compute() -> dict[str, np.ndarray]:
         found = digest_ids([None if v is None else str(v) for v in read_ids()])
         return {"digests": found.digests, "null": found.null}
 
-    where = digest_path(out, "ids", task.task_id, task.file.size, task.file.version)
-    saved = cached_arrays(where, compute)
+    where = digest_path("ids", task.task_id, task.file.size, task.file.version)
+    saved = cached_arrays(out, where, compute)
     return IdDigest(saved["digests"], saved["null"])
 
 
 def task_texts(
-    task: Task, prompt: str, out: str, read_texts: Callable[[], list[object]]
+    task: Task, prompt: str, out: Tree, read_texts: Callable[[], list[object]]
 ) -> TextDigest:
     """The task's text digests, from the cache when an earlier run of this output made them
     (the output's fingerprint fixes the prompt)."""
@@ -136,6 +141,6 @@ def task_texts(
         digest = text_hashes(prompt, read_texts())
         return {"hashes": digest.hashes, "missing": digest.missing}
 
-    where = digest_path(out, "texts", task.task_id, task.file.size, task.file.version)
-    saved = cached_arrays(where, compute)
+    where = digest_path("texts", task.task_id, task.file.size, task.file.version)
+    saved = cached_arrays(out, where, compute)
     return TextDigest(saved["hashes"], saved["missing"])

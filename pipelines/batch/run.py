@@ -15,14 +15,13 @@ import contextlib
 import logging
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.batch.cluster import connect, plan_actors, start_actors
 from pipelines.batch.driver import Driver, TaskPlans
-from pipelines.batch.preflight import Job, prepare, save_resolved_config
+from pipelines.batch.preflight import Job, prepare, resolved_config
 from pipelines.batch.prepass import collect_digests
 from pipelines.batch.progress import Progress
 from pipelines.batch.repeated_ids import find_repeats
@@ -52,11 +51,11 @@ def run_job(config: Config, stop: StopRequest | None = None) -> dict[str, Any]:
 
 
 def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
-    state = RunState(job.config.output.path)
+    state = RunState(job.config.output.path, job.storage)
     state.acquire()
     try:
         state.check_fingerprint(job.fingerprint)
-        save_resolved_config(job.config, state.out)
+        state.write_config(resolved_config(job.config))
         state.write_plan([_plan_entry(t) for t in job.tasks])
         state.clear_success()
         state.sweep_temporaries()
@@ -89,10 +88,10 @@ def open_cache(job: Job) -> tuple[CacheIndex, list[CacheSource]]:
 def pending(job: Job, state: RunState) -> list[Task]:
     done = state.done()
     check_inputs_unchanged(job, done, state.out)
-    return [t for t in job.tasks if not _still_done(done.get(t.task_id), state.out)]
+    return [t for t in job.tasks if not (t.task_id in done and state.still_there(done[t.task_id]))]
 
 
-def check_inputs_unchanged(job: Job, done: dict[str, DoneMarker], out: Path) -> None:
+def check_inputs_unchanged(job: Job, done: dict[str, DoneMarker], out: str) -> None:
     """Refuses to go on where a shard was written since one of its tasks was done (its size or
     its version, the mtime, differ): its part files would be stale, and where its row count
     changed, the new plan's tasks would embed its rows a second time beside the old tasks' part
@@ -124,10 +123,6 @@ def _when(version: str) -> str:
     ns = int(version)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 10**9))
     return f"{stamp}.{ns % 10**9:09d}"
-
-
-def _still_done(marker: DoneMarker | None, out: Path) -> bool:
-    return marker is not None and marker.still_there(out)
 
 
 def _plan_entry(task: Task) -> dict[str, Any]:

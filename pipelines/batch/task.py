@@ -19,15 +19,17 @@ import pyarrow as pa
 
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import read_rows
+from pipelines.output.faults import check_write
 from pipelines.output.markers import DoneMarker, PartFile
 from pipelines.output.part_files import (
     embeddings_table,
+    parquet_bytes,
     partitions,
     rejects_table,
-    write_parquet_atomic,
 )
 from pipelines.reindex.embed_or_copy import Resolved, embed_all, embed_or_copy, read_known
 from pipelines.storage.settings import StorageSettings
+from pipelines.storage.tree import Tree
 from workers import EmbedOptions
 from workers.text_hash import TextDigest, text_hashes
 
@@ -133,7 +135,7 @@ def write_parts(table: pa.Table, spec: TaskSpec) -> list[PartFile]:
     files = []
     for subdir, rows in partitions(table, list(spec.partition_by)):
         relative = Path(subdir) / f"part-{spec.task.task_id}.parquet"
-        sha = write_parquet_atomic(rows, Path(spec.out) / relative)
+        sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(rows))
         files.append(PartFile(relative.as_posix(), rows.num_rows, sha))
     return files
 
@@ -153,5 +155,9 @@ def write_rejects(
         spec.fingerprint,
     )
     relative = Path("_rejects") / f"part-{task.task_id}.parquet"
-    sha = write_parquet_atomic(table, Path(spec.out) / relative)
+    sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(table))
     return [PartFile(relative.as_posix(), len(bad), sha, rejects=True)]
+
+
+def out_tree(spec: TaskSpec) -> Tree:
+    return Tree(spec.out, spec.storage, before_publish=check_write)

@@ -122,7 +122,10 @@ def _expand_remote(path: str, storage: StorageSettings) -> Found:
 
 
 def remote_root(path: str) -> str:
-    """The prefix a remote glob starts from, up to its last '/' before the first glob char."""
+    """The prefix a remote path stands for: itself, or for a glob the prefix up to its last
+    '/' before the first glob character."""
+    if not any(ch in path for ch in stores.GLOB_CHARS):
+        return path.rstrip("/")
     return stores.glob_prefix(path).rsplit("/", 1)[0]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 ENV = "EMBEDPIPE_FAULTS"
 
 
-def check_write(path: Path) -> None:
+def check_write(path: str | Path) -> None:
     control = os.environ.get(ENV)
     if not control:
         return

@@ -2,16 +2,17 @@
 
 A task's actor returns its `DoneMarker`; the driver writes it after the task's part files are in
 place, so a marker never names a file that is not there. A rerun keeps a task whose marker is
-still backed by its files (`still_there`), and refuses to go on where the marker's input changed
-size since (batch/run.py). Markers written by earlier versions, without the re-index or
+still backed by its files (RunState.still_there), and refuses to go on where the marker's input
+was written since (batch/run.py). Markers written by earlier versions, without the re-index or
 out-of-memory fields, read with those at zero.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from pipelines.storage import stores
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,9 @@ class DoneMarker:
     max_batch_tokens: int = 0  # the actor's budget when the task ended (lowered by those)
     input_version: str = ""  # the input's version when read (mtime); "" in older markers
 
-    def part_paths(self, out: Path) -> tuple[str, ...]:
-        """Its part files (not its rejects) under OUT."""
-        return tuple(str(out / f.path) for f in self.files if not f.rejects)
-
-    def still_there(self, out: Path) -> bool:
-        return all((out / f.path).is_file() for f in self.files)
+    def part_paths(self, out: str) -> tuple[str, ...]:
+        """Its part files (not its rejects) under OUT, as locations."""
+        return tuple(stores.join(out, *f.path.split("/")) for f in self.files if not f.rejects)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -4,12 +4,14 @@ Declared schema: `id` string (ids from CSV, JSON and Parquet shards agree, and "
 "00123"), `embedding` FixedSizeList<float32, dim>, `n_tokens` int32, `truncated` bool,
 `text_hash` fixed_size_binary(16) (workers/text_hash.py says which hash), then the kept
 columns; the run fingerprint rides in the schema metadata, so a lone part file still says which
-model and options made it. Files are written under a temporary name, fsynced and renamed,
-so a reader never sees half a file. Same rows in, same bytes out.
+model and options made it. A file is built whole in memory and written whole (storage/tree.py:
+a rename locally, one PUT on an object store), so a reader never sees half a file. Same rows
+in, same bytes out, wherever they are written.
 """
 
 from __future__ import annotations
 
+import io
 import urllib.parse
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipelines.output.faults import check_write
 from pipelines.output.fingerprint import FINGERPRINT_KEY
-from workers.files import atomic_path, sha256_file
+from pipelines.storage.tree import Tree
 from workers.text_hash import HASH_BYTES, HASH_DTYPE
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -97,9 +99,16 @@ def _hive_value(value: object) -> str:
     return HIVE_NULL if value is None else urllib.parse.quote(str(value), safe="")
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The table as one zstd-compressed Parquet file, in memory: written whole (a rename
+    locally, one PUT to an object store), so readers never see part of it."""
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    return out.getvalue()
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> str:
-    """Writes table to path via a temporary file and rename; returns the file's sha256. A
-    failed write (disk full, read-only) removes its temporary file before the error goes up."""
-    with atomic_path(path, before_publish=check_write) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return sha256_file(path)
+    """Writes table to a local path via a temporary file and rename; returns the file's sha256.
+    A failed write (disk full, read-only) removes its temporary file before the error goes up."""
+    tree = Tree(str(path.parent), before_publish=check_write)
+    return tree.write_bytes(path.name, parquet_bytes(table))

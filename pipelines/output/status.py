@@ -7,26 +7,25 @@ was killed, and on a copy of the output.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pipelines.output.fingerprint import FINGERPRINT_FILE
 from pipelines.output.markers import totals
-from pipelines.output.state import SUCCESS_FILE, RunState, StateError
+from pipelines.output.state import RunState, StateError
+from pipelines.storage.settings import StorageSettings
 
 
-def describe(out: Path) -> str:
-    path = out / FINGERPRINT_FILE
-    if not path.is_file():
+def describe(out: str, storage: StorageSettings | None = None) -> str:
+    state = RunState(out, storage)
+    stored = state.tree.read_text(FINGERPRINT_FILE)
+    if stored is None:
         raise StateError(f"{out} holds no embedpipe run ({FINGERPRINT_FILE} is missing)")
-    fingerprint = json.loads(path.read_text())
-    model = fingerprint["model"]
-    state = RunState(out)
+    model = json.loads(stored)["model"]
     planned = {entry["task"] for entry in state.plan()}
     total = len(planned)
     done, failed = state.settled(planned)
     counts = totals(done)
     lines = [
-        f"{out}: {'complete' if (out / SUCCESS_FILE).exists() else 'not complete'}",
+        f"{out}: {'complete' if state.succeeded() else 'not complete'}",
         f"tasks: {len(done)} done, {len(failed)} failed, {total - len(done) - len(failed)} "
         f"remaining of {total}",
         f"rows: {counts['rows_embedded']:,} embedded, {counts['rows_from_cache']:,} from cache, "

@@ -24,6 +24,7 @@ class StorageSettings:
     allow_http: bool = False
     anonymous: bool = False  # public buckets: requests go unsigned
     attempts: int = RETRIES  # per request, throttling and dropped connections included
+    lock_lease_s: float = 60.0  # an object-store output's lock expires this long after a kill
 
     @classmethod
     def resolve(
@@ -32,6 +33,7 @@ class StorageSettings:
         region: str | None = None,
         allow_http: bool | None = None,
         anonymous: bool = False,
+        lock_lease_s: float = 60.0,
     ) -> StorageSettings:
         """The config's values, else the environment's."""
         env = os.environ
@@ -46,6 +48,7 @@ class StorageSettings:
             region=region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             allow_http=http,
             anonymous=anonymous,
+            lock_lease_s=lock_lease_s,
         )
 
     def polars(self) -> dict[str, str]:

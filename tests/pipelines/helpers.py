@@ -75,3 +75,90 @@ def wait_healthy(url: str, timeout_s: float = 180, alive=lambda: True) -> None:
         assert alive(), "the server process ended"
         assert time.monotonic() < deadline, "the server never became ready"
         time.sleep(0.5)
+
+
+# an object store that throttles
+
+
+class ThrottlingProxy:
+    """An HTTP proxy in front of the local S3 API that answers every `every`-th request with
+    503 SlowDown, as S3 does under load; counts what it refused. Clients must retry."""
+
+    def __init__(self, upstream: str, every: int = 3) -> None:
+        import http.server
+        import threading
+
+        proxy = self
+        self.upstream, self.every, self.seen, self.refused = upstream, every, 0, 0
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive and Expect: 100-continue, as S3 does
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                proxy.forward(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def forward(self, handler) -> None:
+        with self._lock:
+            self.seen += 1
+            refuse = self.seen % self.every == 0
+            self.refused += refuse
+        body = read_body(handler)
+        if refuse:
+            slow = (
+                b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+            )
+            handler.send_response(503)
+            handler.send_header("Content-Length", str(len(slow)))
+            handler.send_header("Content-Type", "application/xml")
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(slow)
+            return
+        skip = ("host", "transfer-encoding", "expect", "content-length")
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in skip}
+        # urllib would call a body form data, and the server would parse it away
+        headers.setdefault("Content-Type", "binary/octet-stream")
+        request = urllib.request.Request(
+            self.upstream + handler.path, data=body, headers=headers, method=handler.command
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                status, reply, data = answer.status, answer.headers, answer.read()
+        except urllib.error.HTTPError as err:
+            status, reply, data = err.code, err.headers, err.read()
+        handler.send_response(status)
+        for key, value in reply.items():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                handler.send_header(key, value)
+        # a HEAD answer has no body but the length of the one a GET would have
+        length = reply.get("Content-Length") if handler.command == "HEAD" else None
+        handler.send_header("Content-Length", length or str(len(data)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def read_body(handler) -> bytes | None:
+    """A request's body, sent with a length or chunked."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        handler.rfile.readline()
+        return b"".join(chunks)
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else None

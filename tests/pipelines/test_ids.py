@@ -6,6 +6,7 @@ from pipelines.batch.prepass import task_ids
 from pipelines.batch.repeated_ids import digest_ids, find_repeats
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import InputFile
+from pipelines.storage.tree import Tree
 
 
 def task(key, start, stop):
@@ -41,7 +42,7 @@ def test_null_ids_are_never_repeats_and_digests_are_stable():
 
 
 def test_a_rerun_reuses_its_id_digests_unless_the_shard_changed_size(tmp_path):
-    out = str(tmp_path / "out")
+    out = Tree(str(tmp_path / "out"))
 
     def read(ids):
         def reader():

@@ -3,9 +3,11 @@ format (compressed ones too), reading row ranges, the errors a user meets, and a
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
+import time
 
 import polars as pl
 import pytest
@@ -107,3 +109,125 @@ def test_a_run_reads_its_input_and_cache_from_s3(shards, minilm_dir, tmp_path):
     assert (again["rows_embedded"], again["rows_from_cache"]) == (0, 24)
     copied = pl.read_parquet(tmp_path / "week2" / "part-*.parquet").sort("id")
     assert copied["embedding"].to_list() == local.sort("id")["embedding"].to_list()
+
+
+def run_conf(tmp_path, model_dir, inp: str, out: str, endpoint: str, *lines: str):
+    conf = tmp_path / f"job-{abs(hash(out)) % 10**6}.yaml"
+    conf.write_text(
+        f"model: {{source: {model_dir}}}\n"
+        f"input: {{path: '{inp}', keep_columns: [title], rows_per_task: 5}}\n"
+        f"output: {{path: '{out}'}}\n"
+        "workers: {device: cpu, cpus_per_actor: 1, num_actors: 1}\n"
+        f"storage: {{endpoint_url: '{endpoint}', lock_lease_s: 3}}\n" + "".join(lines)
+    )
+    return conf
+
+
+def object_bytes(bucket, prefix: str) -> dict[str, bytes]:
+    found = {}
+    for key in bucket.listed(prefix):
+        found[key[len(prefix) :]] = bucket.client.get_object(Bucket=bucket.name, Key=key)[
+            "Body"
+        ].read()
+    return found
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_an_s3_output_holds_what_a_local_run_writes_byte_for_byte(shards, minilm_dir, tmp_path):
+    endpoint = shards.storage.endpoint_url
+    local = tmp_path / "local-out"
+    run_job(load_config(run_conf(tmp_path, minilm_dir, shards.url("corpus"), str(local), endpoint)))
+    remote = shards.url("emb/run1")
+    conf = run_conf(tmp_path, minilm_dir, shards.url("corpus"), remote, endpoint)
+    report = run_job(load_config(conf))
+    assert report["tasks_done"] == report["tasks_total"] and report["output"] == remote
+    stored = object_bytes(shards, "emb/run1/")
+    parts = sorted(k for k in stored if k.startswith("part-") or k.startswith("_rejects/"))
+    assert parts == sorted(str(p.relative_to(local)) for p in local.rglob("part-*.parquet"))
+    for name in parts:
+        assert stored[name] == (local / name).read_bytes()
+    assert "_SUCCESS" in stored and "_state/lock" not in stored  # released
+    assert len([k for k in stored if k.startswith("_state/done/")]) == report["tasks_total"]
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_rerun_on_s3_keeps_finished_tasks_and_status_reads_the_store(
+    shards, minilm_dir, tmp_path, capsys, monkeypatch
+):
+    from pipelines.cli import main
+
+    endpoint = shards.storage.endpoint_url
+    out = shards.url("emb/resume")
+    conf = run_conf(tmp_path, minilm_dir, shards.url("corpus"), out, endpoint)
+    run_job(load_config(conf))
+    parts = [k for k in shards.listed("emb/resume/") if "/part-" in k]
+    written = {k: shards.client.head_object(Bucket=shards.name, Key=k)["ETag"] for k in parts}
+    shards.client.delete_object(Bucket=shards.name, Key="emb/resume/_SUCCESS")
+    shards.client.delete_object(Bucket=shards.name, Key=parts[0])  # its task is redone
+    time.sleep(1.1)  # a rewrite would carry a later LastModified
+    again = run_job(load_config(conf))
+    assert again["tasks_done"] == again["tasks_total"] and "emb/resume/_SUCCESS" in shards.listed()
+    redone = {k: shards.client.head_object(Bucket=shards.name, Key=k) for k in parts}
+    assert {k: h["ETag"] for k, h in redone.items()} == written  # the same bytes again
+    stamps = sorted(h["LastModified"] for h in redone.values())
+    assert redone[parts[0]]["LastModified"] == stamps[-1] > stamps[0]  # only it was rewritten
+    capsys.readouterr()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # status has no config: the environment's
+    assert main(["status", out]) == 0
+    assert f"{out}: complete" in capsys.readouterr().out
+
+
+def test_a_held_s3_output_is_refused_and_a_stale_lock_is_taken_over(bucket):
+    from pipelines.output.state import RunState, StateError
+
+    storage = dataclasses.replace(bucket.storage, lock_lease_s=2)
+    holder = RunState(bucket.url("out"), storage)
+    holder.acquire()
+    holder._lease._stop.set()  # a holder that stops renewing: as if killed
+    with pytest.raises(StateError, match=r"is in use by another run \(pid \d+ on .*\); wait"):
+        RunState(bucket.url("out"), storage).acquire()
+    time.sleep(2.5)
+    taker = RunState(bucket.url("out"), storage)
+    taker.acquire()  # taken over once the lease ran out, by the store's clock
+    taker.release()
+    assert "out/_state/lock" not in bucket.listed()
+
+
+def test_an_output_in_a_missing_bucket_is_refused_before_any_actor_starts(
+    minilm_dir, tmp_path, bucket, capsys
+):
+    from pipelines.cli import main
+
+    (tmp_path / "in").mkdir()
+    pl.DataFrame(ROWS[:3]).write_parquet(tmp_path / "in" / "a.parquet")
+    conf = run_conf(
+        tmp_path,
+        minilm_dir,
+        str(tmp_path / "in"),
+        "s3://no-such-bucket-y/out",
+        bucket.storage.endpoint_url,
+    )
+    assert main(["run", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "cannot use output.path: s3://no-such-bucket-y/out/_state/lock: the bucket does not exist"
+        in err
+    )
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_throttling_is_retried_and_the_run_completes(shards, minilm_dir, tmp_path):
+    from tests.pipelines.helpers import ThrottlingProxy
+
+    proxy = ThrottlingProxy(shards.storage.endpoint_url, every=7)
+    try:
+        out = shards.url("emb/throttled")
+        conf = run_conf(tmp_path, minilm_dir, shards.url("corpus"), out, proxy.url)
+        report = run_job(load_config(conf))
+    finally:
+        proxy.close()
+    assert proxy.refused > 5, "the proxy refused nothing"
+    assert (
+        report["tasks_done"] == report["tasks_total"]
+        and "emb/throttled/_SUCCESS" in shards.listed()
+    )
