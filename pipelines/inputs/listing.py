@@ -106,7 +106,7 @@ def _expand_remote(path: str, storage: StorageSettings) -> Found:
         if any(ch in path for ch in stores.GLOB_CHARS):
             root = remote_root(path)
             entries = stores.glob(path, storage)
-        elif (single := stores.stat(path, storage)) is not None:
+        elif not path.endswith("/") and (single := stores.stat(path, storage)) is not None:
             root, entries = path.rsplit("/", 1)[0], [single]
         else:
             root = path.rstrip("/")

@@ -54,22 +54,36 @@ class Lease:
             if etag is not None:
                 return etag
             held = stores.age(self.location, self.storage)
-        if held is not None and held[1] >= self.lease_s:
+        # The holder's own lease counts: a rerun configured with a shorter one must not take
+        # the lock from a live run that renews at its slower pace.
+        lease_s = max(self.lease_s, self._holder_lease_s())
+        if held is not None and held[1] >= lease_s:
             log.warning("taking over the lock of a run that stopped renewing it: %s", self.holder())
             taken = stores.replace_if(self.location, body, held[0], self.storage)
             if taken is not None:
                 return taken
-        wait = self.lease_s - (held[1] if held else 0)
+        wait = lease_s - (held[1] if held else 0)
         raise LeaseError(
             f"in use by another run ({self.holder()}); wait for it to finish, or, if it was "
             f"killed, for its lock to expire (at most {max(wait, 0):.0f} s)"
         )
 
     def holder(self) -> str:
+        return str(self._recorded().get("holder", "another process"))
+
+    def _holder_lease_s(self) -> float:
         try:
-            return json.loads(stores.read_bytes(self.location, self.storage))["holder"]
+            return float(self._recorded().get("lease_s", 0.0))
+        except (TypeError, ValueError):
+            return 0.0
+
+    def _recorded(self) -> dict:
+        """What the lock object says of its holder; empty when unreadable (gone, or not ours)."""
+        try:
+            found = json.loads(stores.read_bytes(self.location, self.storage))
         except Exception:
-            return "another process"
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def _body(self) -> bytes:
         holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}"

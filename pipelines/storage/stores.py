@@ -111,11 +111,26 @@ def fs_path(location: str, settings: StorageSettings) -> tuple[pafs.FileSystem, 
     return filesystem(scheme, settings), f"{bucket}/{key}".rstrip("/")
 
 
-@functools.lru_cache(maxsize=4)
+# The environment variables a client's credentials come from: a client is cached per value, so
+# a changed key (a server's rotated secret, a test's second user) gets a client that uses it.
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+
 def s3_client(settings: StorageSettings) -> Any:
+    return _s3_client(settings, tuple(os.environ.get(name) for name in CREDENTIAL_VARIABLES))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(settings: StorageSettings, _credentials: tuple[str | None, ...]) -> Any:
     import boto3
 
-    return boto3.client("s3", **settings.boto3())
+    # A session of its own: boto3's default session keeps the first credentials it resolved.
+    return boto3.session.Session().client("s3", **settings.boto3())
 
 
 def list_files(location: str, settings: StorageSettings) -> list[Entry]:
@@ -274,7 +289,12 @@ def explain(err: BaseException, location: str) -> str:
             f"{location}: the credentials were refused ({code or 'invalid key'}); set "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for this store"
         )
-    if code in ("AccessDenied", "403") or "ACCESS_DENIED" in text or "AccessDenied" in text:
+    if code == "403":  # a HEAD's answer has no body: a wrong key and a denial look the same
+        return (
+            f"{location}: access denied (403); check that AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY are this store's and may read it"
+        )
+    if code == "AccessDenied" or "ACCESS_DENIED" in text or "AccessDenied" in text:
         return (
             f"{location}: access denied; grant the credentials in AWS_ACCESS_KEY_ID read (and, "
             "for an output, write) on it"

@@ -45,6 +45,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_listening(host: str, port: int, timeout_s: float = 60) -> None:
+    """Until something accepts connections on host:port (a server started as a process)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
 def post(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], object]:
     headers = {"content-type": "application/json", **headers}
     request = urllib.request.Request(url, body, headers, method="POST")

@@ -7,7 +7,11 @@ import dataclasses
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import polars as pl
 import pytest
@@ -186,6 +190,9 @@ def test_a_held_s3_output_is_refused_and_a_stale_lock_is_taken_over(bucket):
     holder._lease._stop.set()  # a holder that stops renewing: as if killed
     with pytest.raises(StateError, match=r"is in use by another run \(pid \d+ on .*\); wait"):
         RunState(bucket.url("out"), storage).acquire()
+    hasty = dataclasses.replace(storage, lock_lease_s=0.1)  # the holder's own lease counts
+    with pytest.raises(StateError, match=r"expire \(at most [12] s\)"):
+        RunState(bucket.url("out"), hasty).acquire()
     time.sleep(2.5)
     taker = RunState(bucket.url("out"), storage)
     taker.acquire()  # taken over once the lease ran out, by the store's clock
@@ -230,4 +237,120 @@ def test_throttling_is_retried_and_the_run_completes(shards, minilm_dir, tmp_pat
     assert (
         report["tasks_done"] == report["tasks_total"]
         and "emb/throttled/_SUCCESS" in shards.listed()
+    )
+
+
+# A store that checks who asks: its own moto server with IAM authorization on, and a user
+# allowed everything on one bucket, reading on a second, nothing on a third.
+GUARDED_SETUP_ACTIONS = 9  # the requests guarded_store makes before authorization starts
+
+
+@dataclass(frozen=True)
+class GuardedStore:
+    endpoint: str
+    key_id: str
+    secret: str
+
+
+@pytest.fixture(scope="module")
+def guarded_store():
+    import boto3
+
+    from tests.pipelines.helpers import free_port, wait_listening
+
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(GUARDED_SETUP_ACTIONS)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening("127.0.0.1", port)
+        endpoint = f"http://127.0.0.1:{port}"
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        s3, iam = boto3.client("s3", **admin), boto3.client("iam", **admin)
+        for name in ("open", "readonly", "shut"):
+            s3.create_bucket(Bucket=name)
+        for name in ("open", "readonly", "shut"):
+            s3.put_object(Bucket=name, Key="in/a.jsonl", Body=jsonl(ROWS[:3]).encode())
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="buckets", PolicyDocument=POLICY)
+        yield GuardedStore(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        server.kill()
+        server.wait()
+
+
+POLICY = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:*",
+                "Resource": ["arn:aws:s3:::open", "arn:aws:s3:::open/*"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:ListBucket"],
+                "Resource": ["arn:aws:s3:::readonly", "arn:aws:s3:::readonly/*"],
+            },
+        ],
+    }
+)
+
+
+def run_as(tmp_path, minilm_dir, store: GuardedStore, inp: str, out: str, monkeypatch, capsys):
+    """`embedpipe run` with the reader's keys: its exit code and what it printed on stderr."""
+    from pipelines.cli import main
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", store.key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", store.secret)
+    conf = run_conf(tmp_path, minilm_dir, inp, out, store.endpoint)
+    capsys.readouterr()
+    code = main(["run", str(conf)])
+    return code, capsys.readouterr().err
+
+
+def test_an_input_the_credentials_may_not_read_is_refused_naming_the_url(
+    guarded_store, minilm_dir, tmp_path, monkeypatch, capsys
+):
+    code, err = run_as(
+        tmp_path, minilm_dir, guarded_store, "s3://shut/in/", "s3://open/out", monkeypatch, capsys
+    )
+    assert code == 2, err
+    assert "s3://shut/in/: access denied; grant the credentials in AWS_ACCESS_KEY_ID read" in err
+    assert "Traceback" not in err
+
+
+def test_an_output_the_credentials_may_only_read_is_refused_before_any_actor_starts(
+    guarded_store, minilm_dir, tmp_path, monkeypatch, capsys
+):
+    code, err = run_as(
+        tmp_path,
+        minilm_dir,
+        guarded_store,
+        "s3://open/in/",
+        "s3://readonly/out",
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2, err
+    assert "cannot use output.path: s3://readonly/out/_state/lock: access denied" in err
+
+
+def test_a_wrong_key_is_refused_naming_the_variables_to_set(
+    guarded_store, minilm_dir, tmp_path, monkeypatch, capsys
+):
+    wrong = dataclasses.replace(guarded_store, key_id="AKIANOTAREALKEY00000")
+    code, err = run_as(
+        tmp_path, minilm_dir, wrong, "s3://open/in/", "s3://open/out", monkeypatch, capsys
+    )
+    assert code == 2, err
+    assert (
+        "s3://open/in/: the credentials were refused (InvalidAccessKeyId); set AWS_ACCESS_KEY_ID"
+        in err
     )
