@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
+from workers.model_shipment import ModelShipment, model_dir_here
+
 if TYPE_CHECKING:  # the driver imports this module too, and needs no onnxruntime
     from workers.embedder import Embedder
 
@@ -29,14 +31,18 @@ CONCURRENT_TASKS = 2
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedActor:
-    def __init__(self, model_dir: str, device: str, threads: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self, model: ModelShipment, device: str, threads: int, max_batch_tokens: int
+    ) -> None:
         # The tokenizer's thread pool follows cpus_per_actor (it would take every core of the
         # node otherwise, fighting the other actors); read once, at its first parallel call.
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         from workers.embedder import Embedder
 
+        node = ray.get_runtime_context().get_node_id()
+        self.model_dir = model_dir_here(model, node, lambda: ray.get(model.files))
         self.embedder = Embedder.load(
-            model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
+            self.model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
         )
 
     def ready(self) -> dict[str, Any]:
@@ -45,6 +51,7 @@ class EmbedActor:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "device": self.embedder.session.device,
+            "model_dir": self.model_dir,
         }
 
     def call(self, fn: Callable[[Embedder, T], R], arg: T) -> R:

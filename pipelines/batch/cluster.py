@@ -1,5 +1,6 @@
 """Ray and the actors: connect (RAY_ADDRESS, or an embedded local Ray), size and place actors,
-and wait for them to load the model, never forever.
+and wait for them to load the model, never forever. On a cluster the model travels to the
+other nodes through Ray's object store (workers/model_shipment.py), so no node needs a copy.
 
 With `wait_for_model: false` a missing resource fails at once; otherwise the wait ends after
 `wait_timeout_s` with a message that says which resource the cluster lacks.
@@ -19,6 +20,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from pipelines.config import Config
 from pipelines.interrupt import StopRequest
 from workers.actor import CONCURRENT_TASKS, EmbedActor
+from workers.model_dir import read_card
+from workers.model_shipment import ModelShipment, pack
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +85,39 @@ def start_actors(
     lacking = missing_resources(plan)
     if lacking and not run.wait_for_model:
         raise ClusterError(f"{lacking}; not waiting, since run.wait_for_model is false")
+    model = shipment(model_dir, plan)
     actors = [
         EmbedActor.options(  # type: ignore[attr-defined]  # ray.remote wraps the class
             num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_concurrency=CONCURRENT_TASKS
-        ).remote(model_dir, plan.device, plan.num_cpus, config.embedding.max_batch_tokens)
+        ).remote(model, plan.device, plan.num_cpus, config.embedding.max_batch_tokens)
         for _ in range(plan.count)
     ]
     wait_ready(actors, run.wait_timeout_s, lacking, stop or StopRequest())
     return actors
+
+
+def shipment(model_dir: str, plan: ActorPlan) -> ModelShipment:
+    """The model for the actors: the driver's directory, also put into the object store when
+    an actor may start on another node (workers/model_shipment.py)."""
+    sha256 = read_card(model_dir).onnx_sha256
+    if not may_leave_this_node(plan):
+        return ModelShipment(model_dir, sha256)
+    log.info("shipping the model in %s to the other nodes through the object store", model_dir)
+    node = ray.get_runtime_context().get_node_id()
+    return ModelShipment(model_dir, sha256, node, ray.put(pack(model_dir)))
+
+
+def may_leave_this_node(plan: ActorPlan) -> bool:
+    """More than one node, or a driver's node that cannot hold an actor (a head without GPUs,
+    the other nodes yet to join)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        return True
+    here = ray.get_runtime_context().get_node_id()
+    own: dict[str, float] = next(
+        (n.get("Resources", {}) for n in nodes if n.get("NodeID") == here), {}
+    )
+    return bool(own.get("CPU", 0) < plan.num_cpus or own.get("GPU", 0) < plan.num_gpus)
 
 
 def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None, stop: StopRequest) -> None:
@@ -104,7 +132,13 @@ def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None, stop: S
                 info = ray.get(ref)
             except RayActorError as err:
                 raise ClusterError(f"an actor could not load the model: {err}") from err
-            log.info("actor ready: pid %s on %s (%s)", info["pid"], info["node"], info["device"])
+            log.info(
+                "actor ready: pid %s on %s (%s), model in %s",
+                info["pid"],
+                info["node"],
+                info["device"],
+                info["model_dir"],
+            )
         if pending and time.monotonic() > deadline:
             for actor in actors:
                 ray.kill(actor)
