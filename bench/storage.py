@@ -76,7 +76,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def start_s3() -> tuple[str, Any]:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
