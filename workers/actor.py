@@ -56,3 +56,8 @@ class EmbedActor:
 
     def call(self, fn: Callable[[Embedder, T], R], arg: T) -> R:
         return fn(self.embedder, arg)
+
+    def call_with(self, fn: Callable[..., R], arg: T, *fetched: object) -> R:
+        """As call, with objects from Ray's object store: ObjectRefs given here arrive as their
+        values (numpy arrays read in place, not copied)."""
+        return fn(self.embedder, arg, *fetched)

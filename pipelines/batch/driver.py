@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -32,6 +33,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from pipelines.batch.cluster import GONE, RESTARTING, ClusterError, answer
 from pipelines.batch.preflight import Job
+from pipelines.batch.prepass import RepeatTables
 from pipelines.batch.progress import Progress
 from pipelines.batch.task import TaskSpec, run_task
 from pipelines.inputs.planning import Task
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 class TaskPlans:
     """What the prepass decided per task id: its repeated rows and what it copies."""
 
-    repeats: dict[str, dict[int, str]] = field(default_factory=dict)  # row -> reason
+    repeats: RepeatTables = field(default_factory=RepeatTables)
     reuse: dict[str, Reuse] = field(default_factory=dict)
 
 
@@ -152,7 +154,13 @@ class Driver:
     def submit(self) -> None:
         while self.idle and (task := self.next_ready()) is not None:
             actor = self.idle.pop()
-            self.in_flight[actor.call.remote(run_task, self.spec(task))] = (actor, task)
+            spec, found = self.spec(task), self.repeats.refs
+            call = (
+                actor.call_with.remote(run_task, spec, *found)
+                if found
+                else actor.call.remote(run_task, spec)
+            )
+            self.in_flight[call] = (actor, task)
 
     def next_ready(self) -> Task | None:
         """The first queued task whose owners (reindex/plan.py) are all settled, taken off the
@@ -166,7 +174,8 @@ class Driver:
     def spec(self, task: Task) -> TaskSpec:
         reuse = self.reuse.get(task.task_id, Reuse())
         run_files = tuple(f for o in reuse.owners for f in self.part_files.get(o, ()))
-        return self.job.spec(task, self.repeats.get(task.task_id), reuse.cache_files, run_files)
+        spec = self.job.spec(task, None, reuse.cache_files, run_files)
+        return dataclasses.replace(spec, position=self.repeats.positions.get(task.task_id, -1))
 
     def release_due_retries(self) -> None:
         now = time.monotonic()

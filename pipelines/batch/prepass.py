@@ -17,6 +17,7 @@ a file already known to be unreadable is not asked for at all (its task fails wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -30,7 +31,15 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from pipelines.batch.cluster import ClusterError, live_actors
 from pipelines.batch.preflight import Job
-from pipelines.batch.repeated_ids import IdDigest, digest_ids
+from pipelines.batch.repeated_ids import (
+    IdSummary,
+    MeetRequest,
+    bucket_parts,
+    buckets_for,
+    digest_file,
+    meet,
+    summary_of,
+)
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import read_rows
 from pipelines.interrupt import StopRequest
@@ -58,7 +67,7 @@ class DigestRequest:
 class Digests:
     """The prepass's answer: digests by task id, and the error of each task it could not read."""
 
-    ids: dict[str, IdDigest] = field(default_factory=dict)
+    ids: dict[str, IdSummary] = field(default_factory=dict)
     texts: dict[str, TextDigest] = field(default_factory=dict)
     unread: dict[str, RayTaskError] = field(default_factory=dict)
 
@@ -95,13 +104,92 @@ def collect_digests(job: Job, actors: list[Any], tasks: list[Task], stop: StopRe
     return found
 
 
+@dataclass(frozen=True)
+class RepeatTables:
+    """Where the meets left the run's repeated ids (repeated_ids.py), for the tasks to read."""
+
+    positions: dict[str, int] = field(default_factory=dict)  # task id -> position in run order
+    refs: tuple[Any, ...] = ()  # ObjectRefs: the input files' keys, then one table per bucket
+    found: int = 0  # repeated rows in the run
+
+    def usable(self, digests: Digests) -> dict[str, np.ndarray]:
+        """Per task, the rows whose id is neither null nor a repeat (read into the driver:
+        only use_cache's planning needs them)."""
+        tables = ray.get(list(self.refs[1:]))
+        masks = {}
+        for task_id, position in self.positions.items():
+            summary = digests.ids[task_id]
+            mask = np.ones(summary.rows, dtype=bool)
+            mask[summary.null_rows] = False
+            for table in tables:
+                first, stop = np.searchsorted(table["task"], [position, position + 1])
+                mask[table["row"][first:stop]] = False
+            masks[task_id] = mask
+        return masks
+
+
+def meet_repeats(
+    job: Job, actors: list[Any], order: list[Task], digests: Digests, stop: StopRequest
+) -> RepeatTables:
+    """The repeats among the digested tasks of `order`, one actor call per bucket of the
+    digest space; the tables stay in the object store."""
+    ready = [t for t in order if t.task_id in digests.ids]
+    if not ready:
+        return RepeatTables()
+    number = {f.key: i for i, f in enumerate(job.files)}
+    origins = np.array([[number[t.file.key], t.start] for t in ready], dtype=np.int64)
+    summaries = [(id_file(t), digests.ids[t.task_id]) for t in ready]
+    buckets = buckets_for(sum(s.rows for _, s in summaries), len(actors))
+    out = job.config.output.path
+    asks = [
+        MeetRequest(out, bucket_parts(b, buckets, summaries), origins, job.storage)
+        for b in range(buckets)
+    ]
+    counts, tables = call_each(actors, meet, asks, job.config.run, stop)
+    log.info("%d repeated id(s) found in %d bucket(s) of the digest space", sum(counts), buckets)
+    keys = ray.put([f.key for f in job.files])
+    positions = {t.task_id: i for i, t in enumerate(ready)}
+    return RepeatTables(positions, (keys, *tables), sum(counts))
+
+
+def call_each(
+    actors: list[Any], fn: Callable, asks: list[Any], run: Any, stop: StopRequest
+) -> tuple[list[int], list[Any]]:
+    """fn(ask) on the actors, for every ask: each call's count, read, and its result, left in
+    the object store. A call whose actor died goes again, up to run.max_retries times."""
+    counts: list[int] = [0] * len(asks)
+    results: list[Any] = [None] * len(asks)
+    deaths = [0] * len(asks)
+    todo = list(range(len(asks)))
+    while todo:
+        stop.check()
+        live = live_actors(actors, run.wait_timeout_s, stop)
+        calls = [
+            (live[n % len(live)].call.options(num_returns=2).remote(fn, asks[i]), i)
+            for n, i in enumerate(todo)
+        ]
+        todo = []
+        for (count, result), i in calls:
+            try:
+                counts[i], results[i] = ray.get(count), result
+            except RayActorError as err:
+                deaths[i] += 1
+                if deaths[i] > run.max_retries:
+                    raise ClusterError(
+                        f"the repeated ids could not be found: an actor died {deaths[i]} times "
+                        f"meeting the ids (last: {err}). Rerun to try again"
+                    ) from err
+                todo.append(i)
+    return counts, results
+
+
 def request(job: Job, task: Task) -> DigestRequest:
     inp, out = job.config.input, job.config.output.path
     text = (inp.text_column, job.prompt) if job.config.run.use_cache else None
     return DigestRequest(task, inp.id_column, out, text, job.storage)
 
 
-def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdDigest, TextDigest | None]:
+def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdSummary, TextDigest | None]:
     """Runs on an actor (which passes its embedder first; it is not needed): the task's id
     digests and, under use_cache, its text digests."""
     task = ask.task
@@ -119,16 +207,24 @@ def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdDigest, TextDi
     return ids, task_texts(task, prompt, out, lambda: rows()[column].to_list())
 
 
-def task_ids(task: Task, out: Tree, read_ids: Callable[[], list[object]]) -> IdDigest:
-    """The task's id digests, from the cache when an earlier run of this output made them."""
+def task_ids(task: Task, out: Tree, read_ids: Callable[[], list[object]]) -> IdSummary:
+    """Writes the task's id digest file (repeated_ids.py) unless an earlier run of this output
+    made it; what the driver keeps of it."""
+    where = id_file(task)
+    saved = out.read_bytes(where)
+    if saved is not None:
+        with contextlib.suppress(ValueError):  # not one of ours: made again
+            return summary_of(saved)
+    data = digest_file([None if v is None else str(v) for v in read_ids()])
+    try:
+        out.write_bytes(where, data)
+    except OSError as err:
+        raise OSError(f"cannot write the id digests at {out.at(where)}: {err}") from err
+    return summary_of(data)
 
-    def compute() -> dict[str, np.ndarray]:
-        found = digest_ids([None if v is None else str(v) for v in read_ids()])
-        return {"digests": found.digests, "null": found.null}
 
-    where = digest_path("ids", task.task_id, task.file.size, task.file.version)
-    saved = cached_arrays(out, where, compute)
-    return IdDigest(saved["digests"], saved["null"])
+def id_file(task: Task) -> str:
+    return digest_path("ids", task.task_id, task.file.size, task.file.version, ".ids")
 
 
 def task_texts(

@@ -17,14 +17,11 @@ import signal
 import time
 from typing import Any
 
-import numpy as np
-
 from pipelines.batch.cluster import connect, plan_actors, start_actors
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config
-from pipelines.batch.prepass import collect_digests
+from pipelines.batch.prepass import collect_digests, meet_repeats
 from pipelines.batch.progress import Progress
-from pipelines.batch.repeated_ids import find_repeats
 from pipelines.config import Config
 from pipelines.inputs.planning import Task
 from pipelines.interrupt import Interrupted, StopRequest
@@ -166,12 +163,10 @@ def drive(
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
     digests = collect_digests(job, actors, order, stop)
-    repeats = find_repeats(order, digests.ids)
-    usable = {
-        t: ~d.null & ~np.isin(np.arange(len(d.null)), list(repeats.get(t, {})))
-        for t, d in digests.ids.items()
-    }
-    reuse = plan_reuse(order, digests.texts, usable, index) if run.use_cache else {}
+    repeats = meet_repeats(job, actors, order, digests, stop)
+    reuse = {}
+    if run.use_cache:
+        reuse = plan_reuse(order, digests.texts, repeats.usable(digests), index)
     driver = Driver(job, state, actors, progress, TaskPlans(repeats, reuse), stop)
     driver.run(todo, digests.unread)
     return driver

@@ -9,6 +9,7 @@ use_cache, rows whose text another part file already holds are copied from it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from pipelines.batch.repeated_ids import repeats_of
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import read_rows
 from pipelines.output.faults import check_write
@@ -50,6 +52,7 @@ class TaskSpec:
     options: EmbedOptions
     fingerprint: str
     repeats: dict[int, str] = field(default_factory=dict)  # row offset -> "repeats row N of F"
+    position: int = -1  # in run order, for the repeat tables of repeated_ids.py
     prompt: str = ""  # what text_hash puts before each text
     use_cache: bool = False
     cache_files: tuple[str, ...] = ()  # cache_from part files that hold some of its texts
@@ -57,8 +60,14 @@ class TaskSpec:
     storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
 
 
-def run_task(embedder: Embedder, spec: TaskSpec) -> DoneMarker:
+def run_task(embedder: Embedder, spec: TaskSpec, *fetched: object) -> DoneMarker:
+    """fetched: where the run's repeated ids are (the input files' keys, then one table per
+    bucket; repeated_ids.py); without them, spec.repeats."""
     task, clock = spec.task, time.perf_counter()
+    if fetched:
+        keys, *tables = fetched
+        repeats = repeats_of(spec.position, tuple(tables), keys)  # type: ignore[arg-type]
+        spec = dataclasses.replace(spec, repeats=repeats)
     columns = list(dict.fromkeys([spec.id_column, spec.text_column, *spec.keep_columns]))
     frame = read_rows(task.file, task.start, task.stop, columns)
     read_s, clock = time.perf_counter() - clock, time.perf_counter()

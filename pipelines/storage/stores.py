@@ -240,6 +240,23 @@ def read_bytes(location: str, settings: StorageSettings) -> bytes:
     return data
 
 
+def read_range(location: str, offset: int, length: int, settings: StorageSettings) -> bytes:
+    """`length` bytes of a file from `offset` (on S3 one ranged GET)."""
+    if length <= 0:
+        return b""
+    scheme, bucket, key = split(location)
+    if scheme == "s3":
+        try:
+            ranged = f"bytes={offset}-{offset + length - 1}"
+            body = s3_client(settings).get_object(Bucket=bucket, Key=key, Range=ranged)["Body"]
+            return bytes(body.read())
+        except Exception as err:
+            raise StorageError(explain(err, location)) from err
+    with open_input(location, settings) as file:
+        data: bytes = file.read_at(length, offset)
+    return data
+
+
 def delete(location: str, settings: StorageSettings) -> None:
     fs, path = fs_path(location, settings)
     with contextlib.suppress(FileNotFoundError):

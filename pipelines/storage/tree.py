@@ -60,6 +60,15 @@ class Tree:
         path = Path(where)
         return path.read_bytes() if path.is_file() else None
 
+    def read_range(self, relative: str, offset: int, length: int) -> bytes:
+        """Part of a file that exists: `length` bytes from `offset`."""
+        where = self.at(relative)
+        if self.remote:
+            return stores.read_range(where, offset, length, self.storage)
+        with open(where, "rb") as file:
+            file.seek(offset)
+            return file.read(length)
+
     def read_text(self, relative: str) -> str | None:
         data = self.read_bytes(relative)
         return None if data is None else data.decode()
