@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -142,6 +143,7 @@ def drive(
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "RAY_ADDRESS": "local"},  # its own Ray, never one found here
     )
     found: dict = json.loads(done.stdout.strip().splitlines()[-1])
     return found

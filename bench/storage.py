@@ -116,6 +116,7 @@ def drive(model: Path, inp: str, out: str, endpoint: str, args: argparse.Namespa
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "RAY_ADDRESS": "local"},  # its own Ray, never one found here
     )
     found: dict = json.loads(done.stdout.strip().splitlines()[-1])
     return found

@@ -1,16 +1,18 @@
-"""The prepass: every task's id digests (and under use_cache its text digests), read by the
-actors, before any task is embedded; the driver's half and the actors' half.
+"""The prepass: every task's id digests (and under use_cache its text digests), made by the
+actors, before any task is embedded; then the meets that find repeated ids and plan what each
+task copies. The driver's half and the actors' half.
 
 On an actor, `digest_task` reads the task's id column (under use_cache with its text column, in
-the same read) and digests each value (workers/text_hash.py, 16 bytes a row), cached under
-`_state/ids/` and `_state/texts/` keyed by the input's size, so a rerun reads nothing again and
-the driver never reads a text. The driver finds repeated ids from them (repeated_ids.py) and
-plans which task embeds each distinct text (reindex/plan.py).
+the same read) and writes its digest files (output/digest_files.py, 20 bytes a row) under
+`_state/ids/` and `_state/texts/`, keyed by the input's size and version, so a rerun reads
+nothing again and the driver never reads a text. The driver keeps each file's group offsets and
+hands the meets their slices: repeated ids (repeated_ids.py), then under use_cache the plan of
+who embeds each distinct text (reindex/plan.py). Neither puts a row's digest in the driver.
 
 Embedding must not start while a task's digests are missing: its repeats would go unseen, and
 which occurrence of an id is kept would then depend on timing. So an actor death here only
-sends the task's call again (to the actors that answer), and a task whose actor died more than
-`max_retries` times stops the run; the next run starts the pass again from its cache. A task
+sends the call again (to the actors that answer), and one whose actor died more than
+`max_retries` times stops the run; the next run starts the pass again from its files. A task
 whose ids cannot be read is returned with its error, to be recorded as failed, not embedded;
 a file already known to be unreadable is not asked for at all (its task fails with the reason).
 """
@@ -31,23 +33,29 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from pipelines.batch.cluster import ClusterError, live_actors
 from pipelines.batch.preflight import Job
-from pipelines.batch.repeated_ids import (
-    IdSummary,
-    MeetRequest,
-    bucket_parts,
-    buckets_for,
-    digest_file,
-    meet,
-    summary_of,
-)
+from pipelines.batch.repeated_ids import MeetRequest, id_digest_file, meet
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import read_rows
 from pipelines.interrupt import StopRequest
+from pipelines.output.digest_files import (
+    DigestSummary,
+    bucket_parts,
+    buckets_for,
+    groups_of,
+    summary_of,
+)
 from pipelines.output.faults import check_write
-from pipelines.output.state import cached_arrays, digest_path
+from pipelines.output.state import digest_path
+from pipelines.reindex.cache_from import CacheIndex
+from pipelines.reindex.plan import (
+    Reuse,
+    TextMeetRequest,
+    assemble,
+    meet_texts,
+    text_digest_file,
+)
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
-from workers.text_hash import TextDigest, text_hashes
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +75,8 @@ class DigestRequest:
 class Digests:
     """The prepass's answer: digests by task id, and the error of each task it could not read."""
 
-    ids: dict[str, IdSummary] = field(default_factory=dict)
-    texts: dict[str, TextDigest] = field(default_factory=dict)
+    ids: dict[str, DigestSummary] = field(default_factory=dict)
+    texts: dict[str, DigestSummary] = field(default_factory=dict)
     unread: dict[str, RayTaskError] = field(default_factory=dict)
 
 
@@ -112,21 +120,6 @@ class RepeatTables:
     refs: tuple[Any, ...] = ()  # ObjectRefs: the input files' keys, then one table per bucket
     found: int = 0  # repeated rows in the run
 
-    def usable(self, digests: Digests) -> dict[str, np.ndarray]:
-        """Per task, the rows whose id is neither null nor a repeat (read into the driver:
-        only use_cache's planning needs them)."""
-        tables = ray.get(list(self.refs[1:]))
-        masks = {}
-        for task_id, position in self.positions.items():
-            summary = digests.ids[task_id]
-            mask = np.ones(summary.rows, dtype=bool)
-            mask[summary.null_rows] = False
-            for table in tables:
-                first, stop = np.searchsorted(table["task"], [position, position + 1])
-                mask[table["row"][first:stop]] = False
-            masks[task_id] = mask
-        return masks
-
 
 def meet_repeats(
     job: Job, actors: list[Any], order: list[Task], digests: Digests, stop: StopRequest
@@ -138,7 +131,7 @@ def meet_repeats(
         return RepeatTables()
     number = {f.key: i for i, f in enumerate(job.files)}
     origins = np.array([[number[t.file.key], t.start] for t in ready], dtype=np.int64)
-    summaries = [(id_file(t), digests.ids[t.task_id]) for t in ready]
+    summaries = [(digest_file_path("ids", t), digests.ids[t.task_id]) for t in ready]
     buckets = buckets_for(sum(s.rows for _, s in summaries), len(actors))
     out = job.config.output.path
     asks = [
@@ -152,11 +145,48 @@ def meet_repeats(
     return RepeatTables(positions, (keys, *tables), sum(counts))
 
 
+def plan_reuse(
+    job: Job,
+    actors: list[Any],
+    digests: Digests,
+    repeats: RepeatTables,
+    index: CacheIndex,
+    stop: StopRequest,
+) -> dict[str, Reuse]:
+    """use_cache: per task, the cache files and earlier tasks it copies vectors from
+    (reindex/plan.py), one actor call per bucket of the text hashes."""
+    ready = sorted(repeats.positions, key=repeats.positions.__getitem__)
+    if not ready:
+        return {}
+    tasks = {t.task_id: t for t in job.tasks}
+    summaries = [(digest_file_path("texts", tasks[t]), digests.texts[t]) for t in ready]
+    buckets = buckets_for(sum(s.rows for _, s in summaries), len(actors))
+    out = job.config.output.path
+    asks = [
+        TextMeetRequest(
+            out,
+            bucket_parts(b, buckets, summaries),
+            index.groups(*groups_of(b, buckets)),
+            job.storage,
+        )
+        for b in range(buckets)
+    ]
+    tables = repeats.refs[1:]
+    counts, found = call_each(actors, meet_texts, asks, job.config.run, stop, tables)
+    log.info("use_cache: %d copy relation(s) planned in %d bucket(s)", sum(counts), buckets)
+    return assemble(ready, ray.get(found), index.files)
+
+
 def call_each(
-    actors: list[Any], fn: Callable, asks: list[Any], run: Any, stop: StopRequest
+    actors: list[Any],
+    fn: Callable,
+    asks: list[Any],
+    run: Any,
+    stop: StopRequest,
+    fetched: tuple[Any, ...] = (),
 ) -> tuple[list[int], list[Any]]:
-    """fn(ask) on the actors, for every ask: each call's count, read, and its result, left in
-    the object store. A call whose actor died goes again, up to run.max_retries times."""
+    """fn(ask, *fetched) on the actors, for every ask: each call's count, read, and its result,
+    left in the object store. A call whose actor died goes again, up to run.max_retries times."""
     counts: list[int] = [0] * len(asks)
     results: list[Any] = [None] * len(asks)
     deaths = [0] * len(asks)
@@ -164,10 +194,7 @@ def call_each(
     while todo:
         stop.check()
         live = live_actors(actors, run.wait_timeout_s, stop)
-        calls = [
-            (live[n % len(live)].call.options(num_returns=2).remote(fn, asks[i]), i)
-            for n, i in enumerate(todo)
-        ]
+        calls = [(_call(live[n % len(live)], fn, asks[i], fetched), i) for n, i in enumerate(todo)]
         todo = []
         for (count, result), i in calls:
             try:
@@ -183,15 +210,24 @@ def call_each(
     return counts, results
 
 
+def _call(actor: Any, fn: Callable, ask: Any, fetched: tuple[Any, ...]) -> Any:
+    if fetched:
+        return actor.call_with.options(num_returns=2).remote(fn, ask, *fetched)
+    return actor.call.options(num_returns=2).remote(fn, ask)
+
+
 def request(job: Job, task: Task) -> DigestRequest:
     inp, out = job.config.input, job.config.output.path
     text = (inp.text_column, job.prompt) if job.config.run.use_cache else None
     return DigestRequest(task, inp.id_column, out, text, job.storage)
 
 
-def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdSummary, TextDigest | None]:
+def digest_task(
+    _embedder: object, ask: DigestRequest
+) -> tuple[DigestSummary, DigestSummary | None]:
     """Runs on an actor (which passes its embedder first; it is not needed): the task's id
-    digests and, under use_cache, its text digests."""
+    digest file and, under use_cache, its text digest file, written unless an earlier run of
+    this output made them; what the driver keeps of each."""
     task = ask.task
     columns = [ask.id_column, ask.text[0]] if ask.text else [ask.id_column]
 
@@ -199,44 +235,35 @@ def digest_task(_embedder: object, ask: DigestRequest) -> tuple[IdSummary, TextD
     def rows() -> pl.DataFrame:
         return read_rows(task.file, task.start, task.stop, columns)
 
+    def ids() -> list[str | None]:
+        return [None if v is None else str(v) for v in rows()[ask.id_column].to_list()]
+
     out = Tree(ask.out, ask.storage, before_publish=check_write)
-    ids = task_ids(task, out, lambda: rows()[ask.id_column].to_list())
+    id_summary = cached_file(out, digest_file_path("ids", task), lambda: id_digest_file(ids()))
     if ask.text is None:
-        return ids, None
+        return id_summary, None
     column, prompt = ask.text
-    return ids, task_texts(task, prompt, out, lambda: rows()[column].to_list())
+
+    def texts() -> bytes:
+        return text_digest_file(prompt, rows()[column].to_list(), ids())
+
+    return id_summary, cached_file(out, digest_file_path("texts", task), texts)
 
 
-def task_ids(task: Task, out: Tree, read_ids: Callable[[], list[object]]) -> IdSummary:
-    """Writes the task's id digest file (repeated_ids.py) unless an earlier run of this output
-    made it; what the driver keeps of it."""
-    where = id_file(task)
+def digest_file_path(kind: str, task: Task) -> str:
+    return digest_path(kind, task.task_id, task.file.size, task.file.version, ".dig")
+
+
+def cached_file(out: Tree, where: str, make: Callable[[], bytes]) -> DigestSummary:
+    """The digest file at `where` that an earlier run of this output made (keyed by the
+    input's size and version), else made and written there now."""
     saved = out.read_bytes(where)
     if saved is not None:
         with contextlib.suppress(ValueError):  # not one of ours: made again
             return summary_of(saved)
-    data = digest_file([None if v is None else str(v) for v in read_ids()])
+    data = make()
     try:
         out.write_bytes(where, data)
     except OSError as err:
-        raise OSError(f"cannot write the id digests at {out.at(where)}: {err}") from err
+        raise OSError(f"cannot write the digests at {out.at(where)}: {err}") from err
     return summary_of(data)
-
-
-def id_file(task: Task) -> str:
-    return digest_path("ids", task.task_id, task.file.size, task.file.version, ".ids")
-
-
-def task_texts(
-    task: Task, prompt: str, out: Tree, read_texts: Callable[[], list[object]]
-) -> TextDigest:
-    """The task's text digests, from the cache when an earlier run of this output made them
-    (the output's fingerprint fixes the prompt)."""
-
-    def compute() -> dict[str, np.ndarray]:
-        digest = text_hashes(prompt, read_texts())
-        return {"hashes": digest.hashes, "missing": digest.missing}
-
-    where = digest_path("texts", task.task_id, task.file.size, task.file.version)
-    saved = cached_arrays(out, where, compute)
-    return TextDigest(saved["hashes"], saved["missing"])

@@ -20,7 +20,7 @@ from typing import Any
 from pipelines.batch.cluster import connect, plan_actors, start_actors
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config
-from pipelines.batch.prepass import collect_digests, meet_repeats
+from pipelines.batch.prepass import collect_digests, meet_repeats, plan_reuse
 from pipelines.batch.progress import Progress
 from pipelines.config import Config
 from pipelines.inputs.planning import Task
@@ -29,7 +29,6 @@ from pipelines.output.markers import DoneMarker, totals
 from pipelines.output.state import RunState, StateError
 from pipelines.reindex import cache_from as earlier
 from pipelines.reindex.cache_from import CacheIndex, CacheSource
-from pipelines.reindex.plan import plan_reuse
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +41,12 @@ def run_job(config: Config, stop: StopRequest | None = None) -> dict[str, Any]:
     try:
         job = prepare(config)
         stop.immediate = False
-        return _run_held(job, stop, started)
+        return _run_held(job, stop, started, time.monotonic() - started)
     finally:
         stop.restore()
 
 
-def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
+def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> dict[str, Any]:
     state = RunState(job.config.output.path, job.storage)
     state.acquire()
     try:
@@ -59,6 +58,7 @@ def _run_held(job: Job, stop: StopRequest, started: float) -> dict[str, Any]:
         todo = pending(job, state)
         index, sources = open_cache(job) if todo else (CacheIndex(), [])
         usage = run_tasks(job, state, todo, stop, index) if todo else {}
+        usage["seconds_planning"] = listing_s + usage.get("seconds_prepass", 0.0)
         report = build_report(job, state, time.monotonic() - started, usage)
         report["cache"] = {
             "use_cache": job.config.run.use_cache,
@@ -142,7 +142,7 @@ def run_tasks(
         return {"seconds_startup": time.monotonic() - clock}
     usage = {"seconds_startup": time.monotonic() - clock}
     with contextlib.suppress(Interrupted):  # the caller reports from what the markers say
-        driver = drive(job, state, todo, actors, stop, index)
+        driver = drive(job, state, todo, actors, stop, index, usage)
         usage["seconds_embedding"] = driver.wall_s
         if (idle := driver.device_idle_share()) is not None:
             usage["device_idle_share"] = idle
@@ -156,17 +156,17 @@ def drive(
     actors: list[Any],
     stop: StopRequest,
     index: CacheIndex,
+    usage: dict[str, float],
 ) -> Driver:
-    run = job.config.run
+    run, clock = job.config.run, time.monotonic()
     done_rows = sum(t.rows for t in job.tasks) - sum(t.rows for t in todo)
     progress = Progress(sum(t.rows for t in job.tasks), done_rows)
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
     digests = collect_digests(job, actors, order, stop)
     repeats = meet_repeats(job, actors, order, digests, stop)
-    reuse = {}
-    if run.use_cache:
-        reuse = plan_reuse(order, digests.texts, repeats.usable(digests), index)
+    reuse = plan_reuse(job, actors, digests, repeats, index, stop) if run.use_cache else {}
+    usage["seconds_prepass"] = time.monotonic() - clock
     driver = Driver(job, state, actors, progress, TaskPlans(repeats, reuse), stop)
     driver.run(todo, digests.unread)
     return driver
@@ -189,6 +189,8 @@ def build_report(
         **totals(done),
         "seconds": round(seconds, 3),
         "seconds_startup": round(usage.get("seconds_startup", 0.0), 3),
+        # listing and counting the input, then the digest pass and the meets on the actors
+        "seconds_planning": round(usage.get("seconds_planning", 0.0), 3),
         "seconds_embedding": round(usage.get("seconds_embedding", 0.0), 3),
         # of the actors' time while embedding: near 0 means reading, tokenizing and writing
         # kept up with the device (the report's stage seconds say which one did not)

@@ -16,17 +16,13 @@ lease object renewed while the run lives (lease.py): a killed run's lock expires
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, cast
-
-import numpy as np
+from typing import IO, Any
 
 from pipelines.output.faults import check_write
 from pipelines.output.fingerprint import FINGERPRINT_FILE, diff
@@ -209,23 +205,3 @@ def digest_path(
     read again."""
     identity = f"{input_size}.{version}" if version else str(input_size)
     return f"{STATE}/{kind}/{task_id}.{identity}{suffix}"
-
-
-def cached_arrays(
-    tree: Tree, relative: str, compute: Callable[[], dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """Arrays an earlier run saved at `relative` (digests under _state/), else `compute()`,
-    saved there. The cache only saves a rerun the reading, so a failed save is logged, not
-    fatal."""
-    saved = tree.read_bytes(relative)
-    if saved is not None:
-        with np.load(io.BytesIO(saved)) as arrays:
-            return {name: arrays[name] for name in arrays.files}
-    found = compute()
-    buffer = io.BytesIO()
-    np.savez(buffer, **cast(dict[str, Any], found))  # (numpy's stub types the kwargs as bool)
-    try:
-        tree.write_bytes(relative, buffer.getvalue())
-    except OSError as err:
-        log.warning("cannot cache digests at %s: %s", tree.at(relative), err)
-    return found

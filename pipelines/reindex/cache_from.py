@@ -55,6 +55,13 @@ class CacheIndex:
     hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, HASH_DTYPE))  # sorted
     file_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
+    def groups(self, first: int, stop: int) -> CacheIndex:
+        """The index of the hashes whose first byte is in [first, stop) (a meet's bucket)."""
+        bounds = np.array([bytes([first]), bytes([stop]) if stop < 256 else b""], HASH_DTYPE)
+        start = int(np.searchsorted(self.hashes, bounds[0]))
+        end = len(self.hashes) if stop >= 256 else int(np.searchsorted(self.hashes, bounds[1]))
+        return CacheIndex(self.files, self.hashes[start:end], self.file_of[start:end])
+
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """Per digest, the number of a file that holds it, or -1."""
         at = locate(self.hashes, hashes)

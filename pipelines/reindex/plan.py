@@ -1,8 +1,9 @@
 """Which rows of the run need the model, and where the others get their vectors (use_cache).
 
-Before embedding, each actor hashes its task's texts (workers/text_hash.py; cached under
-`_state/texts/` like the id digests, so the driver never reads a text). The driver then decides,
-for every row with a usable id:
+Before embedding, each actor hashes its task's texts (workers/text_hash.py) into the task's
+text digest file under `_state/texts/` (output/digest_files.py; rows with a null id or no text
+have none), so the driver never reads a text. Then one actor call per bucket of the hash space
+(`meet_texts`) decides, for every row whose id lets it be written (not null, not a repeat):
 
 - its text is in a cache_from part file: the task copies the vector from that file;
 - else its text first appears in an earlier task of the run (done tasks first, then plan order):
@@ -11,18 +12,28 @@ for every row with a usable id:
 
 So each distinct text of the run is embedded once, by the first task that has it. A task that
 waits only ever waits on earlier tasks, so there is no cycle; and when the task it waits on
-fails for good, it embeds those texts itself (as it does for any text it cannot find).
+fails for good, it embeds those texts itself (as it does for any text it cannot find). The
+meets return pairs (task, cache file) and (task, earlier task); the driver keeps those, per task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.inputs.planning import Task
+from pipelines.output.digest_files import (
+    Part,
+    as_hashes,
+    digest_file,
+    first_occurrences,
+    read_bucket,
+    row_keys,
+)
 from pipelines.reindex.cache_from import CacheIndex
-from workers.text_hash import HASH_DTYPE, TextDigest
+from pipelines.storage.settings import StorageSettings
+from pipelines.storage.tree import Tree
+from workers.text_hash import text_hashes
 
 
 @dataclass(frozen=True)
@@ -33,48 +44,65 @@ class Reuse:
     owners: tuple[str, ...] = ()  # earlier tasks of this run holding some of its texts
 
 
-def plan_reuse(
-    order: list[Task],
-    texts: dict[str, TextDigest],
-    usable: dict[str, np.ndarray],
-    index: CacheIndex,
-) -> dict[str, Reuse]:
-    """Per task of `order` with digests: the cache files and earlier tasks it copies from.
+@dataclass(frozen=True)
+class TextMeetRequest:
+    out: str
+    parts: tuple[Part, ...]
+    cache: CacheIndex  # the part of the cache_from index in this bucket
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
-    `usable` masks the rows whose id lets them be written (not null, not a repeat): only those
-    can hold a vector for a later row. Memory: about 40 bytes a row, in numpy.
-    """
-    tasks = [t for t in order if t.task_id in texts]
-    if not tasks:
-        return {}
-    sizes = [len(texts[t.task_id].hashes) for t in tasks]
-    keys = np.concatenate([texts[t.task_id].hashes for t in tasks]).astype(HASH_DTYPE)
-    ok = np.concatenate([~texts[t.task_id].missing & usable[t.task_id] for t in tasks])
-    task_of = np.repeat(np.arange(len(tasks)), sizes)
-    cached = np.full(len(keys), -1, dtype=np.int32)
-    cached[ok] = index.lookup(keys[ok])
+
+def text_digest_file(prompt: str, texts: list[object], ids: list[str | None]) -> bytes:
+    """A task's text digest file: the hash of each row's text, except where the text is
+    missing or the id null (such rows are rejects, never a source of vectors)."""
+    digest = text_hashes(prompt, texts)
+    keep = ~digest.missing & np.array([v is not None for v in ids], dtype=bool)
+    rows = np.flatnonzero(keep).astype(np.uint32)
+    return digest_file(digest.hashes[keep].tobytes(), rows, len(keep))
+
+
+def meet_texts(
+    _embedder: object, ask: TextMeetRequest, *repeat_tables: np.ndarray
+) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+    """Runs on an actor: for one bucket of the text hashes, the pairs (task, cache file number)
+    of the rows a cache file holds, and (task, earlier task) of the rows whose text an earlier
+    task embeds. The rows in `repeat_tables` (batch/repeated_ids.py) are left out."""
+    records, positions = read_bucket(Tree(ask.out, ask.storage), ask.parts)
+    repeated = [row_keys(t["task"], t["row"]) for t in repeat_tables]
+    keep = ~np.isin(
+        row_keys(positions, records["row"]), np.concatenate([*repeated, np.zeros(0, np.uint64)])
+    )
+    records, positions = records[keep], positions[keep]
+    cached = ask.cache.lookup(as_hashes(records))
     hit = cached >= 0
-    fresh = np.flatnonzero(ok & ~hit)
-    # the first row of each distinct text is its owner (np.unique's index is the first one)
-    _, first, inverse = np.unique(keys[fresh], return_index=True, return_inverse=True)
-    owner_task = task_of[fresh[first[inverse.reshape(-1)]]]
-    row_task = task_of[fresh]
-    waits = _pairs(row_task[owner_task != row_task], owner_task[owner_task != row_task])
-    copies = _pairs(task_of[hit], cached[hit])
-    return {
-        task.task_id: Reuse(
-            cache_files=tuple(index.files[f] for f in copies.get(i, [])),
-            owners=tuple(tasks[o].task_id for o in waits.get(i, [])),
-        )
-        for i, task in enumerate(tasks)
-    }
+    copies = pairs(positions[hit], cached[hit])
+    fresh_records, fresh_positions = records[~hit], positions[~hit]
+    later, first = first_occurrences(fresh_records, fresh_positions)
+    owner, waiter = fresh_positions[first], fresh_positions[later]
+    waits = pairs(waiter[owner != waiter], owner[owner != waiter])
+    return len(copies) + len(waits), (copies, waits)
 
 
-def _pairs(left: np.ndarray, right: np.ndarray) -> dict[int, list[int]]:
-    """The distinct right values of each left value."""
+def pairs(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The distinct (left, right) pairs, sorted."""
     if len(left) == 0:
-        return {}
-    found: dict[int, list[int]] = {}
-    for a, b in np.unique(np.stack([left, right], axis=1), axis=0).tolist():
-        found.setdefault(a, []).append(b)
-    return found
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.stack([left.astype(np.int64), right.astype(np.int64)], axis=1), axis=0)
+
+
+def assemble(
+    task_ids: list[str], found: list[tuple[np.ndarray, np.ndarray]], files: tuple[str, ...]
+) -> dict[str, Reuse]:
+    """Per task (by position in run order), its Reuse from every bucket's pairs."""
+    copies = pairs(*np.concatenate([c for c, _ in found] or [np.zeros((0, 2))]).T)
+    waits = pairs(*np.concatenate([w for _, w in found] or [np.zeros((0, 2))]).T)
+    cache_files: dict[int, list[str]] = {}
+    for task, file in copies.tolist():
+        cache_files.setdefault(task, []).append(files[file])
+    owners: dict[int, list[str]] = {}
+    for task, owner in waits.tolist():
+        owners.setdefault(task, []).append(task_ids[owner])
+    return {
+        task_id: Reuse(tuple(cache_files.get(i, ())), tuple(owners.get(i, ())))
+        for i, task_id in enumerate(task_ids)
+    }

@@ -6,18 +6,11 @@ import random
 import numpy as np
 import pytest
 
-from pipelines.batch.prepass import id_file, task_ids
-from pipelines.batch.repeated_ids import (
-    MeetRequest,
-    bucket_parts,
-    buckets_for,
-    digest_file,
-    meet,
-    repeats_of,
-    summary_of,
-)
+from pipelines.batch.prepass import cached_file, digest_file_path
+from pipelines.batch.repeated_ids import MeetRequest, id_digest_file, meet, repeats_of
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import InputFile
+from pipelines.output.digest_files import bucket_parts, buckets_for, summary_of
 from pipelines.storage.tree import Tree
 
 KEYS = ["a.csv", "b.csv", "c.csv"]
@@ -30,7 +23,7 @@ def task(key, start, stop):
 def find(tmp_path, tasks, ids, buckets=1):
     """task id -> {row: reason}, for the tasks with repeats, through digest files and meets."""
     out = Tree(str(tmp_path / "out"))
-    summaries = [(id_file(t), task_ids(t, out, lambda t=t: ids[t.task_id])) for t in tasks]
+    summaries = [(digest_file_path("ids", t), id_summary(t, out, ids[t.task_id])) for t in tasks]
     origins = np.array([[KEYS.index(t.file.key), t.start] for t in tasks], dtype=np.int64)
     tables = []
     for bucket in range(buckets):
@@ -40,6 +33,10 @@ def find(tmp_path, tasks, ids, buckets=1):
         tables.append(table)
     found = {t.task_id: repeats_of(i, tuple(tables), KEYS) for i, t in enumerate(tasks)}
     return {k: v for k, v in found.items() if v}
+
+
+def id_summary(task, out, ids):
+    return cached_file(out, digest_file_path("ids", task), lambda: id_digest_file(ids))
 
 
 def reference(tasks, ids):
@@ -91,17 +88,17 @@ def test_any_number_of_buckets_finds_what_the_rule_says(tmp_path, buckets):
 
 
 def test_null_ids_are_never_repeats_and_are_kept_in_the_digest_file(tmp_path):
-    summary = summary_of(digest_file([None, "a", None]))
-    assert (summary.rows, summary.null_rows.tolist()) == (3, [0, 2])
+    summary = summary_of(id_digest_file([None, "a", None]))
+    assert (summary.rows, summary.absent.tolist()) == (3, [0, 2])
     assert find(tmp_path, [task("a.csv", 0, 3)], {"a.csv-0": [None, "a", None]}) == {}
 
 
 def test_the_digest_file_groups_digests_by_their_first_byte():
-    data = digest_file([f"id-{n}" for n in range(1000)])
+    data = id_digest_file([f"id-{n}" for n in range(1000)])
     summary = summary_of(data)
     assert summary.at[0] == 0 and summary.at[-1] == 1000
     assert (np.diff(summary.at) >= 0).all() and (np.diff(summary.at) > 0).sum() > 200
-    assert digest_file(["x", "y"]) == digest_file(["x", "y"]), "digest files are not stable"
+    assert id_digest_file(["x", "y"]) == id_digest_file(["x", "y"]), "digest files are unstable"
 
 
 def test_buckets_follow_the_rows_and_the_actors():
@@ -113,22 +110,21 @@ def test_buckets_follow_the_rows_and_the_actors():
 
 def test_a_rerun_reuses_its_id_digests_unless_the_shard_changed_size(tmp_path):
     out = Tree(str(tmp_path / "out"))
-
-    def read(ids):
-        def reader():
-            calls.append(ids)
-            return ids
-
-        return reader
-
     calls: list[list[str]] = []
+
+    def summary(file, ids):
+        def make():
+            calls.append(ids)
+            return id_digest_file(ids)
+
+        return cached_file(out, digest_file_path("ids", Task("a-0", file, 0, 2)), make)
+
     shard = InputFile("a.csv", "a.csv", "csv", 2, 10)
-    first = task_ids(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
-    again = task_ids(Task("a-0", shard, 0, 2), out, read(["a", "b"]))
+    first = summary(shard, ["a", "b"])
+    again = summary(shard, ["a", "b"])
     assert calls == [["a", "b"]], "a rerun read the ids again"
     assert np.array_equal(again.at, first.at) and again.rows == 2
-    edited = InputFile("a.csv", "a.csv", "csv", 2, 12)
-    task_ids(Task("a-0", edited, 0, 2), out, read(["a", "a"]))
+    summary(InputFile("a.csv", "a.csv", "csv", 2, 12), ["a", "a"])
     assert calls[-1] == ["a", "a"], "the edited shard's stale digests were used"
 
 

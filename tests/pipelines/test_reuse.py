@@ -10,12 +10,16 @@ import pyarrow as pa
 import pytest
 
 from pipelines.batch.preflight import check_cache_paths
+from pipelines.batch.prepass import cached_file, digest_file_path
+from pipelines.batch.repeated_ids import MeetRequest, id_digest_file, meet
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import InputError, InputFile
+from pipelines.output.digest_files import bucket_parts, groups_of
 from pipelines.output.part_files import embeddings_table, write_parquet_atomic
 from pipelines.reindex.cache_from import CacheIndex, open_cache
-from pipelines.reindex.plan import plan_reuse
-from workers.text_hash import TextDigest, text_hash, text_hashes
+from pipelines.reindex.plan import TextMeetRequest, assemble, meet_texts, text_digest_file
+from pipelines.storage.tree import Tree
+from workers.text_hash import text_hash, text_hashes
 
 OURS = {
     "model": {"source": "m", "onnx_sha256": "aaa", "dim": 2},
@@ -102,27 +106,61 @@ def tasks_of(*names: str) -> list[Task]:
     return [Task(n, InputFile(n, n, "parquet", 1, 1), 0, 1) for n in names]
 
 
-def digests(*texts: str | None) -> TextDigest:
-    return text_hashes("", list(texts))
+def plan(tmp_path, order, texts, ids, index, buckets=1):
+    """What the driver plans (batch/prepass.py), with the actors' functions called here: digest
+    files, then the id meets, then the text meets, for `buckets` buckets each."""
+    out = Tree(str(tmp_path / "out"))
+    id_files, text_files = [], []
+    for t in order:
+        id_path, text_path = digest_file_path("ids", t), digest_file_path("texts", t)
+        got_ids, got_texts = ids[t.task_id], texts[t.task_id]
+        id_files.append((id_path, cached_file(out, id_path, lambda v=got_ids: id_digest_file(v))))
+        make = lambda v=got_texts, i=got_ids: text_digest_file("", v, i)  # noqa: E731
+        text_files.append((text_path, cached_file(out, text_path, make)))
+    origins = np.array([[i, 0] for i in range(len(order))], dtype=np.int64)
+    tables = [
+        meet(None, MeetRequest(str(out.root), bucket_parts(b, buckets, id_files), origins))[1]
+        for b in range(buckets)
+    ]
+    found = []
+    for b in range(buckets):
+        parts = bucket_parts(b, buckets, text_files)
+        ask = TextMeetRequest(str(out.root), parts, index.groups(*groups_of(b, buckets)))
+        found.append(meet_texts(None, ask, *tables)[1])
+    return assemble([t.task_id for t in order], found, index.files)
 
 
-def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_path):
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_path, buckets):
     order = tasks_of("t0", "t1", "t2")
-    texts = {"t0": digests("a", "b"), "t1": digests("b", "c", "c"), "t2": digests("c", "a", "d")}
-    usable = {t: np.ones(len(d.hashes), bool) for t, d in texts.items()}
-    plan = plan_reuse(order, texts, usable, CacheIndex())
-    assert plan["t0"].owners == ()
-    assert plan["t1"].owners == ("t0",)  # b; c repeats inside t1, which embeds it once
-    assert plan["t2"].owners == ("t0", "t1")  # a from t0, c from t1
+    texts = {"t0": ["a", "b"], "t1": ["b", "c", "c"], "t2": ["c", "a", "d"]}
+    ids = {t: [f"{t}-{i}" for i in range(len(v))] for t, v in texts.items()}
+    found = plan(tmp_path, order, texts, ids, CacheIndex(), buckets)
+    assert found["t0"].owners == ()
+    assert found["t1"].owners == ("t0",)  # b; c repeats inside t1, which embeds it once
+    assert found["t2"].owners == ("t0", "t1")  # a from t0, c from t1
 
 
-def test_a_cached_text_is_copied_and_an_unusable_row_owns_nothing(tmp_path):
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_a_cached_text_is_copied_and_an_unusable_row_owns_nothing(tmp_path, buckets):
     cached = part_file(tmp_path / "old" / "part-x.parquet", ["a"], OURS)
     index, _ = open_cache([str(cached.parent)], OURS)
     order = tasks_of("t0", "t1")
-    texts = {"t0": digests("a", "b", None), "t1": digests("a", "b")}
-    # b's row in t0 has a repeated id: it is rejected, so t1 must embed b itself
-    usable = {"t0": np.array([True, False, True]), "t1": np.ones(2, bool)}
-    plan = plan_reuse(order, texts, usable, index)
-    assert plan["t0"].cache_files == plan["t1"].cache_files == (str(cached),)
-    assert plan["t1"].owners == ()
+    texts = {"t0": ["a", "b", None, "c"], "t1": ["a", "b", "c"]}
+    # b's row in t0 has a repeated id and c's a null one: both are rejected, so t1 must embed
+    # b and c itself
+    ids = {"t0": ["x", "x", "y", None], "t1": ["p", "q", "r"]}
+    found = plan(tmp_path, order, texts, ids, index, buckets)
+    assert found["t0"].cache_files == found["t1"].cache_files == (str(cached),)
+    assert found["t1"].owners == ()
+
+
+def test_the_cache_index_splits_by_the_first_byte_of_the_hash(tmp_path):
+    texts = [f"text {n}" for n in range(300)]
+    cached = part_file(tmp_path / "old" / "part-x.parquet", texts, OURS)
+    index, _ = open_cache([str(cached.parent)], OURS)
+    parts = [index.groups(*groups_of(b, 8)) for b in range(8)]
+    assert sum(len(p.hashes) for p in parts) == 300 and min(len(p.hashes) for p in parts) > 0
+    for b, part in enumerate(parts):
+        first, stop = groups_of(b, 8)
+        assert all(first <= h[0] < stop for h in part.hashes.tolist())
