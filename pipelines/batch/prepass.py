@@ -251,7 +251,7 @@ def digest_task(
 
 
 def digest_file_path(kind: str, task: Task) -> str:
-    return digest_path(kind, task.task_id, task.file.size, task.file.version, ".dig")
+    return digest_path(kind, task.task_id, task.file.size, task.file.version)
 
 
 def cached_file(out: Tree, where: str, make: Callable[[], bytes]) -> DigestSummary:

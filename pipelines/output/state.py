@@ -197,11 +197,9 @@ def _flock(state: Path) -> IO[str]:
     return handle
 
 
-def digest_path(
-    kind: str, task_id: str, input_size: int, version: str = "", suffix: str = ".npz"
-) -> str:
+def digest_path(kind: str, task_id: str, input_size: int, version: str = "") -> str:
     """Where below OUT a task's digests of `kind` are cached: keyed by the input's size and
     version as well, the rule the done markers use, so a shard edited between two runs is
     read again."""
     identity = f"{input_size}.{version}" if version else str(input_size)
-    return f"{STATE}/{kind}/{task_id}.{identity}{suffix}"
+    return f"{STATE}/{kind}/{task_id}.{identity}.dig"  # output/digest_files.py
