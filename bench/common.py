@@ -138,12 +138,18 @@ def drive(
         "embedding: {max_batch_tokens: 2048}",
         f"workers: {{device: cpu, cpus_per_actor: {threads}, num_actors: {actors}}}",
     )
+    return run_config(conf, *overrides)
+
+
+def run_config(conf: Path, *overrides: str) -> dict:
+    """`embedpipe run` of a config in a fresh process (bench/drive.py) with a Ray of its own,
+    never one found on the machine: its report and the driver's peak RSS."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf), *overrides],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "RAY_ADDRESS": "local"},  # its own Ray, never one found here
+        env={**os.environ, "RAY_ADDRESS": "local"},
     )
     found: dict = json.loads(done.stdout.strip().splitlines()[-1])
     return found

@@ -19,13 +19,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from common import ROOT, exported, write_result
+from common import ROOT, exported, run_config, write_result
 
 from export.stand_in import GTE_LARGE_MAX_SEQ_LENGTH, BertShape, build_bert_stand_in
 
@@ -110,14 +109,7 @@ def measure(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
         f"workers: {{device: cpu, cpus_per_actor: {os.cpu_count()}, num_actors: 1}}\n"
         "run: {use_cache: true}\n"
     )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "RAY_ADDRESS": "local"},  # its own Ray, never one found here
-    )
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_config(conf)
     report, millions = found["report"], rows / 1e6
     assert report["tasks_done"] == report["tasks_total"], report
     settled = ("rows_embedded", "rows_from_cache", "rows_deduplicated", "rows_rejected")

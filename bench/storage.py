@@ -15,16 +15,23 @@ says what the object-store path costs at most.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from common import CORPUS, MINILM, ROOT, exported, load_texts, write_result, write_shards
+from common import (
+    CORPUS,
+    MINILM,
+    ROOT,
+    exported,
+    load_texts,
+    run_config,
+    write_result,
+    write_shards,
+)
 
 SHARDS = 8
 
@@ -111,15 +118,7 @@ def drive(model: Path, inp: str, out: str, endpoint: str, args: argparse.Namespa
         "run: {use_cache: false}\n"
         f"storage: {{endpoint_url: '{endpoint}'}}\n"
     )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "RAY_ADDRESS": "local"},  # its own Ray, never one found here
-    )
-    found: dict = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
+    return run_config(conf)
 
 
 def embedding_s(found: dict) -> float:

@@ -35,9 +35,6 @@ class ModelShipment:
     node_id: str | None = None  # the driver's node; None: nothing shipped (one machine)
     files: Any = None  # an ObjectRef to {relative name: uint8 array} of every file
 
-    def as_log(self) -> str:
-        return self.path if self.files is None else f"{self.path} (shipped to other nodes)"
-
 
 def pack(model_dir: str | Path) -> dict[str, np.ndarray]:
     """Every file of a model directory, by its name relative to it."""

@@ -154,12 +154,7 @@ class Driver:
     def submit(self) -> None:
         while self.idle and (task := self.next_ready()) is not None:
             actor = self.idle.pop()
-            spec, found = self.spec(task), self.repeats.refs
-            call = (
-                actor.call_with.remote(run_task, spec, *found)
-                if found
-                else actor.call.remote(run_task, spec)
-            )
+            call = actor.call_with.remote(run_task, self.spec(task), *self.repeats.refs)
             self.in_flight[call] = (actor, task)
 
     def next_ready(self) -> Task | None:

@@ -184,13 +184,9 @@ def stat(location: str, settings: StorageSettings) -> Entry | None:
     """Size and version of one object, or None where there is none."""
     scheme = scheme_of(location)
     if scheme == "s3":
-        _, bucket, key = split(location)
-        try:
-            head = s3_client(settings).head_object(Bucket=bucket, Key=key)
-        except Exception as err:
-            if _code(err) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise StorageError(explain(err, location)) from err
+        head = _head(location, settings)
+        if head is None:
+            return None
         return Entry(location, head["ContentLength"], head["ETag"].strip('"'))
     fs, path = fs_path(location, settings)
     info = fs.get_file_info(path)
@@ -244,8 +240,8 @@ def read_range(location: str, offset: int, length: int, settings: StorageSetting
     """`length` bytes of a file from `offset` (on S3 one ranged GET)."""
     if length <= 0:
         return b""
-    scheme, bucket, key = split(location)
-    if scheme == "s3":
+    if scheme_of(location) == "s3":
+        _, bucket, key = split(location)
         try:
             ranged = f"bytes={offset}-{offset + length - 1}"
             body = s3_client(settings).get_object(Bucket=bucket, Key=key, Range=ranged)["Body"]
@@ -349,14 +345,22 @@ def read_parquet(location: str, settings: StorageSettings, columns: list[str]) -
 def age(location: str, settings: StorageSettings) -> tuple[str, float] | None:
     """(ETag, seconds since it was last written, by the store's own clock) of an S3 object, or
     None where there is none: two drivers' clocks never need to agree."""
-    _, bucket, key = split(location)
-    try:
-        head = s3_client(settings).head_object(Bucket=bucket, Key=key)
-    except Exception as err:
-        if _code(err) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise StorageError(explain(err, location)) from err
+    head = _head(location, settings)
+    if head is None:
+        return None
     from email.utils import parsedate_to_datetime
 
     now = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
     return head["ETag"].strip('"'), (now - head["LastModified"]).total_seconds()
+
+
+def _head(location: str, settings: StorageSettings) -> dict[str, Any] | None:
+    """S3's HeadObject answer for an object, or None where there is none."""
+    _, bucket, key = split(location)
+    try:
+        head: dict[str, Any] = s3_client(settings).head_object(Bucket=bucket, Key=key)
+    except Exception as err:
+        if _code(err) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise StorageError(explain(err, location)) from err
+    return head

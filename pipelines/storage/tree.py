@@ -62,12 +62,7 @@ class Tree:
 
     def read_range(self, relative: str, offset: int, length: int) -> bytes:
         """Part of a file that exists: `length` bytes from `offset`."""
-        where = self.at(relative)
-        if self.remote:
-            return stores.read_range(where, offset, length, self.storage)
-        with open(where, "rb") as file:
-            file.seek(offset)
-            return file.read(length)
+        return stores.read_range(self.at(relative), offset, length, self.storage)
 
     def read_text(self, relative: str) -> str | None:
         data = self.read_bytes(relative)

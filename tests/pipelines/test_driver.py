@@ -65,7 +65,7 @@ class Method:
 class FakeActor:
     def __init__(self, cluster: FakeCluster, name: str, probes: Iterable[str], gone: bool):
         self.name, self.gone, self.probes = name, gone, deque(probes)
-        self.call = Method(lambda fn, spec: cluster.call(self, spec.task))
+        self.call_with = Method(lambda fn, spec, *fetched: cluster.call(self, spec.task))
         self.ready = Method(lambda: cluster.probe(self))
 
 
