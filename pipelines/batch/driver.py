@@ -33,7 +33,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from pipelines.batch.cluster import GONE, RESTARTING, ClusterError, answer
 from pipelines.batch.preflight import Job
-from pipelines.batch.prepass import RepeatTables
+from pipelines.batch.prepass import RepeatTables, ReusePlan
 from pipelines.batch.progress import Progress
 from pipelines.batch.task import TaskSpec, run_task
 from pipelines.inputs.planning import Task
@@ -52,7 +52,7 @@ class TaskPlans:
     """What the prepass decided per task id: its repeated rows and what it copies."""
 
     repeats: RepeatTables = field(default_factory=RepeatTables)
-    reuse: dict[str, Reuse] = field(default_factory=dict)
+    reuse: ReusePlan = field(default_factory=ReusePlan)
 
 
 class Driver:
@@ -71,8 +71,10 @@ class Driver:
     ) -> None:
         self.job, self.state, self.progress = job, state, progress
         plans = plans or TaskPlans()
-        self.repeats, self.reuse = plans.repeats, plans.reuse
-        # part files of the tasks done so far, by task: where later tasks copy vectors from
+        self.repeats, self.reuse = plans.repeats, plans.reuse.reuse
+        self.shares = plans.reuse.shares
+        # part files of the tasks done before this run: later tasks copy their vectors from
+        # there; tasks of this run hand theirs on in share files (reindex/shares.py)
         self.part_files = {k: v.part_paths(state.out) for k, v in state.done().items()}
         self.settled = set(self.part_files)
         self.max_retries, self.backoff_s = job.config.run.max_retries, backoff_s
@@ -154,7 +156,9 @@ class Driver:
     def submit(self) -> None:
         while self.idle and (task := self.next_ready()) is not None:
             actor = self.idle.pop()
-            call = actor.call_with.remote(run_task, self.spec(task), *self.repeats.refs)
+            call = actor.call_with.remote(
+                run_task, self.spec(task), *self.repeats.refs, *self.shares
+            )
             self.in_flight[call] = (actor, task)
 
     def next_ready(self) -> Task | None:
@@ -170,7 +174,12 @@ class Driver:
         reuse = self.reuse.get(task.task_id, Reuse())
         run_files = tuple(f for o in reuse.owners for f in self.part_files.get(o, ()))
         spec = self.job.spec(task, None, reuse.cache_files, run_files)
-        return dataclasses.replace(spec, position=self.repeats.positions.get(task.task_id, -1))
+        return dataclasses.replace(
+            spec,
+            position=self.repeats.positions.get(task.task_id, -1),
+            share_owners=tuple(o for o in reuse.owners if o not in self.part_files),
+            repeat_refs=len(self.repeats.refs),
+        )
 
     def release_due_retries(self) -> None:
         now = time.monotonic()
@@ -202,7 +211,6 @@ class Driver:
             return
         self.idle.append(actor)
         self.state.mark_done(marker)
-        self.part_files[task.task_id] = marker.part_paths(self.state.out)
         self.settled.add(task.task_id)
         self.device_s += marker.seconds.get("device", 0.0)
         self.progress.task_done(marker)

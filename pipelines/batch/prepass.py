@@ -54,6 +54,7 @@ from pipelines.reindex.plan import (
     meet_texts,
     text_digest_file,
 )
+from pipelines.reindex.shares import waiter_key
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 
@@ -145,6 +146,15 @@ def meet_repeats(
     return RepeatTables(positions, (keys, *tables), sum(counts))
 
 
+@dataclass(frozen=True)
+class ReusePlan:
+    """use_cache: per task id what it copies, and where the owners find what they hand on."""
+
+    reuse: dict[str, Reuse] = field(default_factory=dict)
+    # ObjectRefs: the waiter keys in run order, then one SHARE table per bucket (shares.py)
+    shares: tuple[Any, ...] = ()
+
+
 def plan_reuse(
     job: Job,
     actors: list[Any],
@@ -152,12 +162,12 @@ def plan_reuse(
     repeats: RepeatTables,
     index: CacheIndex,
     stop: StopRequest,
-) -> dict[str, Reuse]:
+) -> ReusePlan:
     """use_cache: per task, the cache files and earlier tasks it copies vectors from
     (reindex/plan.py), one actor call per bucket of the text hashes."""
     ready = sorted(repeats.positions, key=repeats.positions.__getitem__)
     if not ready:
-        return {}
+        return ReusePlan()
     tasks = {t.task_id: t for t in job.tasks}
     summaries = [(digest_file_path("texts", tasks[t]), digests.texts[t]) for t in ready]
     buckets = buckets_for(sum(s.rows for _, s in summaries), len(actors))
@@ -172,9 +182,11 @@ def plan_reuse(
         for b in range(buckets)
     ]
     tables = repeats.refs[1:]
-    counts, found = call_each(actors, meet_texts, asks, job.config.run, stop, tables)
+    counts, found = call_each(actors, meet_texts, asks, job.config.run, stop, tables, returns=3)
     log.info("use_cache: %d copy relation(s) planned in %d bucket(s)", sum(counts), buckets)
-    return assemble(ready, ray.get(found), index.files)
+    keys = ray.put(np.array([waiter_key(t) for t in ready], dtype=np.uint64))
+    reuse = assemble(ready, ray.get([pairs for pairs, _ in found]), index.files)
+    return ReusePlan(reuse, (keys, *(shares for _, shares in found)))
 
 
 def call_each(
@@ -184,9 +196,11 @@ def call_each(
     run: Any,
     stop: StopRequest,
     fetched: tuple[Any, ...] = (),
+    returns: int = 2,
 ) -> tuple[list[int], list[Any]]:
-    """fn(ask, *fetched) on the actors, for every ask: each call's count, read, and its result,
-    left in the object store. A call whose actor died goes again, up to run.max_retries times."""
+    """fn(ask, *fetched) on the actors, for every ask: each call's count, read, and its result
+    (with `returns` above 2, its results), left in the object store. A call whose actor died
+    goes again, up to run.max_retries times."""
     counts: list[int] = [0] * len(asks)
     results: list[Any] = [None] * len(asks)
     deaths = [0] * len(asks)
@@ -194,11 +208,14 @@ def call_each(
     while todo:
         stop.check()
         live = live_actors(actors, run.wait_timeout_s, stop)
-        calls = [(_call(live[n % len(live)], fn, asks[i], fetched), i) for n, i in enumerate(todo)]
+        calls = [
+            (_call(live[n % len(live)], fn, asks[i], fetched, returns), i)
+            for n, i in enumerate(todo)
+        ]
         todo = []
-        for (count, result), i in calls:
+        for (count, *result), i in calls:
             try:
-                counts[i], results[i] = ray.get(count), result
+                counts[i], results[i] = ray.get(count), result[0] if returns == 2 else result
             except RayActorError as err:
                 deaths[i] += 1
                 if deaths[i] > run.max_retries:
@@ -210,10 +227,10 @@ def call_each(
     return counts, results
 
 
-def _call(actor: Any, fn: Callable, ask: Any, fetched: tuple[Any, ...]) -> Any:
+def _call(actor: Any, fn: Callable, ask: Any, fetched: tuple[Any, ...], returns: int) -> Any:
     if fetched:
-        return actor.call_with.options(num_returns=2).remote(fn, ask, *fetched)
-    return actor.call.options(num_returns=2).remote(fn, ask)
+        return actor.call_with.options(num_returns=returns).remote(fn, ask, *fetched)
+    return actor.call.options(num_returns=returns).remote(fn, ask)
 
 
 def request(job: Job, task: Task) -> DigestRequest:

@@ -20,7 +20,7 @@ from typing import Any
 from pipelines.batch.cluster import connect, plan_actors, start_actors
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config
-from pipelines.batch.prepass import collect_digests, meet_repeats, plan_reuse
+from pipelines.batch.prepass import ReusePlan, collect_digests, meet_repeats, plan_reuse
 from pipelines.batch.progress import Progress
 from pipelines.config import Config
 from pipelines.inputs.planning import Task
@@ -29,6 +29,7 @@ from pipelines.output.markers import DoneMarker, totals
 from pipelines.output.state import RunState, StateError
 from pipelines.reindex import cache_from as earlier
 from pipelines.reindex.cache_from import CacheIndex, CacheSource
+from pipelines.reindex.shares import SHARES
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         state.write_report(report)
         if report["tasks_done"] == report["tasks_total"]:
             state.sweep_temporaries()  # left by actors killed during this run
+            state.clear(SHARES)  # every task that could copy from them is done
             state.succeed()
         return report
     finally:
@@ -165,9 +167,10 @@ def drive(
     order = [t for t in job.tasks if t not in todo] + todo
     digests = collect_digests(job, actors, order, stop)
     repeats = meet_repeats(job, actors, order, digests, stop)
-    reuse = plan_reuse(job, actors, digests, repeats, index, stop) if run.use_cache else {}
+    reuse = plan_reuse(job, actors, digests, repeats, index, stop) if run.use_cache else None
     usage["seconds_prepass"] = time.monotonic() - clock
-    driver = Driver(job, state, actors, progress, TaskPlans(repeats, reuse), stop)
+    plans = TaskPlans(repeats, reuse or ReusePlan())
+    driver = Driver(job, state, actors, progress, plans, stop)
     driver.run(todo, digests.unread)
     return driver
 

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,15 @@ from pipelines.output.part_files import (
     partitions,
     rejects_table,
 )
-from pipelines.reindex.embed_or_copy import Resolved, embed_all, embed_or_copy, read_known
+from pipelines.reindex.embed_or_copy import (
+    Resolved,
+    embed_all,
+    embed_or_copy,
+    known_of,
+    read_handed,
+    read_known,
+)
+from pipelines.reindex.shares import Shared, share_file, share_path, shared_rows, waiter_key
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 from workers import EmbedOptions
@@ -56,17 +64,20 @@ class TaskSpec:
     prompt: str = ""  # what text_hash puts before each text
     use_cache: bool = False
     cache_files: tuple[str, ...] = ()  # cache_from part files that hold some of its texts
-    run_files: tuple[str, ...] = ()  # this run's part files that hold some of its texts
+    run_files: tuple[str, ...] = ()  # part files of tasks done before this run, with its texts
+    share_owners: tuple[str, ...] = ()  # tasks of this run that hand it vectors (shares.py)
+    repeat_refs: int = 0  # how many of the objects fetched for it are repeated_ids.py's
     storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
 
 
-def run_task(embedder: Embedder, spec: TaskSpec, *fetched: object) -> DoneMarker:
+def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
     """fetched: where the run's repeated ids are (the input files' keys, then one table per
-    bucket; repeated_ids.py); without them, spec.repeats."""
+    bucket; repeated_ids.py), without which spec.repeats holds them; then under use_cache what
+    this task hands on (the waiter keys, then one SHARE table per bucket; shares.py)."""
     task, clock = spec.task, time.perf_counter()
-    if fetched:
-        keys, *tables = fetched
-        repeats = repeats_of(spec.position, tuple(tables), keys)  # type: ignore[arg-type]
+    if spec.repeat_refs:
+        keys, *tables = fetched[: spec.repeat_refs]
+        repeats = repeats_of(spec.position, tuple(tables), keys)
         spec = dataclasses.replace(spec, repeats=repeats)
     columns = list(dict.fromkeys([spec.id_column, spec.text_column, *spec.keep_columns]))
     frame = read_rows(task.file, task.start, task.stop, columns)
@@ -94,6 +105,9 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: object) -> DoneMarker
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
     )
+    if len(fetched) > spec.repeat_refs:  # before the part files: waiters start once it is done
+        waiters, *shares = fetched[spec.repeat_refs :]
+        hand_on(spec, shared_rows(spec.position, waiters, shares, np.array(live), digest, found))
     files = write_parts(table, spec)
     files += write_rejects(ids, reasons, spec)
     write_s = time.perf_counter() - clock
@@ -120,9 +134,19 @@ def resolve(
 ) -> Resolved:
     if not spec.use_cache:
         return embed_all(embedder, texts, spec.options)
-    cache = read_known(spec.cache_files, digest.hashes, embedder.card.dim, spec.storage)
-    run = read_known(spec.run_files, digest.hashes, embedder.card.dim, spec.storage)
+    dim = embedder.card.dim
+    cache = read_known(spec.cache_files, digest.hashes, dim, spec.storage)
+    done = read_known(spec.run_files, digest.hashes, dim, spec.storage)
+    key = waiter_key(spec.task.task_id)
+    handed = read_handed(out_tree(spec), spec.share_owners, key, dim)
+    run = known_of([(done.hashes, done.rows), (handed.hashes, handed.rows)], dim)
     return embed_or_copy(embedder, texts, digest, spec.options, cache, run)
+
+
+def hand_on(spec: TaskSpec, shared: Shared) -> None:
+    """Writes the task's share file, when a later task copies any of its rows."""
+    if len(shared.keys):
+        out_tree(spec).write_bytes(share_path(spec.task.task_id), share_file(shared))
 
 
 def id_problems(ids: list[str | None], repeats: dict[int, str]) -> list[str | None]:

@@ -126,6 +126,14 @@ class RunState:
         text = self.tree.read_text(f"{STATE}/report.json")
         return None if text is None else dict(json.loads(text))
 
+    def clear(self, directory: str) -> int:
+        """Deletes the files directly in a directory below OUT (state a finished run no longer
+        needs); how many."""
+        names = self.tree.files(directory)
+        for name in names:
+            self.tree.delete(f"{directory}/{name}")
+        return len(names)
+
     def succeed(self) -> None:
         self._write(SUCCESS_FILE, "")
 

@@ -1,6 +1,7 @@
 """Inside a task: copy the vectors other part files already hold, embed each other text once.
 
-The driver names the files (reindex/plan.py); here they are looked up by text hash. A row whose text
+The driver names the files (reindex/plan.py), and the earlier tasks of this run that hand this
+one vectors (shares.py); here they are looked up by text hash. A row whose text
 is in none of them (its file was removed since, or the task that held it failed) is embedded:
 a missing copy costs time, never a row. Copied rows keep the `n_tokens` and `truncated` the
 file recorded, which the same text and options give again.
@@ -8,6 +9,7 @@ file recorded, which the same text and options give again.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -16,8 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.output.part_files import hashes_of
+from pipelines.reindex.shares import read_shared, share_path
 from pipelines.storage import stores
 from pipelines.storage.settings import StorageSettings
+from pipelines.storage.tree import Tree
 from workers import Embeddings, EmbedOptions
 from workers.text_hash import HASH_DTYPE, TextDigest, locate
 
@@ -58,7 +62,7 @@ def read_known(
     """The vectors (`dim` wide) of the wanted digests that the files (local or object-store
     locations) hold."""
     storage = storage or StorageSettings()
-    parts = [(np.zeros(0, HASH_DTYPE), Embeddings(np.zeros((0, dim), np.float32), *_none()))]
+    parts = []
     for name in files:
         try:
             found = _read_matching(name, wanted, storage)
@@ -67,6 +71,41 @@ def read_known(
             continue
         if found is not None:
             parts.append(found)
+    return known_of(parts, dim)
+
+
+def read_handed(out: Tree, owners: Sequence[str], key: int, dim: int) -> Known:
+    """What the owners' share files (shares.py) hold for the waiter `key`. An owner whose file
+    is gone, damaged or of another width hands nothing: its texts are embedded here."""
+    parts = []
+    for owner in owners:
+        where = share_path(owner)
+        try:
+            records = read_shared(functools.partial(out.read_range, where), key)
+        except (OSError, ValueError) as err:  # it failed for good, or wrote nothing to share
+            log.info("nothing handed on by %s (%s): those texts are embedded here", owner, err)
+            continue
+        if records is None or records["vector"].shape[1:] != (dim,):
+            log.warning("%s is not a share file of this run: not copying from it", where)
+            continue
+        parts.append((records["hash"], as_embeddings(records)))
+    return known_of(parts, dim)
+
+
+def as_embeddings(records: np.ndarray) -> Embeddings:
+    n = len(records)
+    return Embeddings(
+        records["vector"].astype(np.float32),
+        records["n_tokens"].astype(np.int32),
+        records["truncated"].astype(bool),
+        (None,) * n,
+    )
+
+
+def known_of(parts: Sequence[tuple[np.ndarray, Embeddings]], dim: int) -> Known:
+    """One Known from several sources; where two hold a digest, the first one's row."""
+    empty = (np.zeros(0, HASH_DTYPE), Embeddings(np.zeros((0, dim), np.float32), *_none()))
+    parts = [empty, *parts]
     hashes = np.concatenate([h for h, _ in parts])
     _, first = np.unique(hashes, return_index=True)
     return Known(hashes[first], _concat([rows for _, rows in parts]).take(first))

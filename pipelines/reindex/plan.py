@@ -7,13 +7,14 @@ have none), so the driver never reads a text. Then one actor call per bucket of 
 
 - its text is in a cache_from part file: the task copies the vector from that file;
 - else its text first appears in an earlier task of the run (done tasks first, then plan order):
-  the task waits for that one and copies from its part files;
+  the task waits for that one, which hands it the vector (shares.py);
 - else the task embeds it, once however often the text repeats inside the task.
 
 So each distinct text of the run is embedded once, by the first task that has it. A task that
 waits only ever waits on earlier tasks, so there is no cycle; and when the task it waits on
 fails for good, it embeds those texts itself (as it does for any text it cannot find). The
 meets return pairs (task, cache file) and (task, earlier task); the driver keeps those, per task.
+The rows behind each pair (which owner row a waiter copies) stay in the object store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipelines.output.digest_files import (
     row_keys,
 )
 from pipelines.reindex.cache_from import CacheIndex
+from pipelines.reindex.shares import shares_table
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 from workers.text_hash import text_hashes
@@ -63,10 +65,11 @@ def text_digest_file(prompt: str, texts: list[object], ids: list[str | None]) ->
 
 def meet_texts(
     _embedder: object, ask: TextMeetRequest, *repeat_tables: np.ndarray
-) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[int, tuple[np.ndarray, np.ndarray], np.ndarray]:
     """Runs on an actor: for one bucket of the text hashes, the pairs (task, cache file number)
     of the rows a cache file holds, and (task, earlier task) of the rows whose text an earlier
-    task embeds. The rows in `repeat_tables` (batch/repeated_ids.py) are left out."""
+    task embeds; and the SHARE table (shares.py) of which owner row each waiter copies. The
+    rows in `repeat_tables` (batch/repeated_ids.py) are left out."""
     records, positions = read_bucket(Tree(ask.out, ask.storage), ask.parts)
     repeated = [row_keys(t["task"], t["row"]) for t in repeat_tables]
     keep = ~np.isin(
@@ -79,8 +82,10 @@ def meet_texts(
     fresh_records, fresh_positions = records[~hit], positions[~hit]
     later, first = first_occurrences(fresh_records, fresh_positions)
     owner, waiter = fresh_positions[first], fresh_positions[later]
-    waits = pairs(waiter[owner != waiter], owner[owner != waiter])
-    return len(copies) + len(waits), (copies, waits)
+    other = owner != waiter  # a text repeated inside one task is embedded once there
+    waits = pairs(waiter[other], owner[other])
+    shares = shares_table(owner[other], fresh_records["row"][first][other], waiter[other])
+    return len(copies) + len(waits), (copies, waits), shares
 
 
 def pairs(left: np.ndarray, right: np.ndarray) -> np.ndarray:

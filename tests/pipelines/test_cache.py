@@ -5,6 +5,7 @@ used; a text that repeats is embedded once."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,26 @@ def test_repeated_texts_within_and_across_shards_are_embedded_once(
     assert np.stack(parts["embedding"].to_numpy()).tobytes() == expected.tobytes()
     digest = [hashlib.blake2b(texts[k].encode(), digest_size=16).digest() for k in parts["id"]]
     assert [bytes(h) for h in parts["text_hash"]] == digest
+    # the vectors the tasks handed one another were state, gone once the run succeeded
+    assert not list((tmp_path / "out" / "_state" / "shares").glob("*"))
+
+
+def test_a_task_redone_later_copies_from_the_part_files_of_tasks_done_before(
+    tmp_path, minilm_dir, distinct_texts
+):
+    docs = [(f"d{i:03d}", distinct_texts[(i * 7) % 20]) for i in range(120)]
+    corpus = write_corpus(tmp_path / "in", docs)
+    run(tmp_path, minilm_dir, corpus, "out")
+    out = tmp_path / "out"
+    first = part_files(out)
+    # the last task's part file is gone: only it is redone, after every task that owns its texts
+    last = sorted(first)[-1]
+    (out / last).unlink()
+    run(tmp_path, minilm_dir, corpus, "out")
+    task_id = last.removeprefix("part-").removesuffix(".parquet")
+    marker = json.loads((out / "_state" / "done" / f"{task_id}.json").read_text())
+    assert marker["embedded"] == 0 and marker["deduplicated"] == marker["rows"] > 0
+    assert part_files(out) == first
 
 
 def test_cache_from_inside_the_output_is_refused_before_anything_is_written(

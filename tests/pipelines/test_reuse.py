@@ -18,6 +18,7 @@ from pipelines.output.digest_files import bucket_parts, groups_of
 from pipelines.output.part_files import embeddings_table, write_parquet_atomic
 from pipelines.reindex.cache_from import CacheIndex, open_cache
 from pipelines.reindex.plan import TextMeetRequest, assemble, meet_texts, text_digest_file
+from pipelines.reindex.shares import shares_of
 from pipelines.storage.tree import Tree
 from workers.text_hash import text_hash, text_hashes
 
@@ -109,6 +110,12 @@ def tasks_of(*names: str) -> list[Task]:
 def plan(tmp_path, order, texts, ids, index, buckets=1):
     """What the driver plans (batch/prepass.py), with the actors' functions called here: digest
     files, then the id meets, then the text meets, for `buckets` buckets each."""
+    found = text_meets(tmp_path, order, texts, ids, index, buckets)
+    return assemble([t.task_id for t in order], [pairs for _, pairs, _ in found], index.files)
+
+
+def text_meets(tmp_path, order, texts, ids, index, buckets):
+    """Every bucket's answer from meet_texts: (count, pairs, SHARE table)."""
     out = Tree(str(tmp_path / "out"))
     id_files, text_files = [], []
     for t in order:
@@ -126,8 +133,8 @@ def plan(tmp_path, order, texts, ids, index, buckets=1):
     for b in range(buckets):
         parts = bucket_parts(b, buckets, text_files)
         ask = TextMeetRequest(str(out.root), parts, index.groups(*groups_of(b, buckets)))
-        found.append(meet_texts(None, ask, *tables)[1])
-    return assemble([t.task_id for t in order], found, index.files)
+        found.append(meet_texts(None, ask, *tables))
+    return found
 
 
 @pytest.mark.parametrize("buckets", [1, 4])
@@ -139,6 +146,20 @@ def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_pat
     assert found["t0"].owners == ()
     assert found["t1"].owners == ("t0",)  # b; c repeats inside t1, which embeds it once
     assert found["t2"].owners == ("t0", "t1")  # a from t0, c from t1
+
+
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_each_owner_learns_which_of_its_rows_each_later_task_copies(tmp_path, buckets):
+    order = tasks_of("t0", "t1", "t2")
+    texts = {"t0": ["a", "b"], "t1": ["b", "c", "c"], "t2": ["c", "a", "d", "b"]}
+    ids = {t: [f"{t}-{i}" for i in range(len(v))] for t, v in texts.items()}
+    found = text_meets(tmp_path, order, texts, ids, CacheIndex(), buckets)
+    tables = tuple(table for *_, table in found)
+    t0, t1, t2 = (shares_of(p, tables).tolist() for p in range(3))
+    # (owner, row in the owner's task, waiter): a to t2, b to t1 and t2; c (t1's row 1) to t2
+    assert sorted(t0) == [(0, 0, 2), (0, 1, 1), (0, 1, 2)]
+    assert t1 == [(1, 1, 2)]
+    assert t2 == []
 
 
 @pytest.mark.parametrize("buckets", [1, 4])
