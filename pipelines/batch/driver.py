@@ -96,9 +96,10 @@ class Driver:
         self.device_s = 0.0  # summed over this run's tasks: the actors' time on their device
         self.wall_s = 0.0
 
-    def run(self, tasks: list[Task], unread: dict[str, RayTaskError] | None = None) -> None:
+    def run(self, tasks: list[Task], unread: dict[str, Exception] | None = None) -> None:
         """Runs tasks; those in `unread` (their ids could not be read, so their repeats are
-        unknown) are recorded as failed without being embedded."""
+        unknown, or their rows could not be numbered) are recorded as failed without being
+        embedded."""
         unread = unread or {}
         for task in tasks:
             if task.file.error is not None:  # known unreadable at listing: no actor needed
@@ -107,7 +108,8 @@ class Driver:
             elif task.task_id in unread:
                 err = unread[task.task_id]
                 self.attempts[task.task_id] = 1
-                self.fail(task, err, f"its ids could not be read: {err.cause or err}")
+                cause = getattr(err, "cause", None) or err
+                self.fail(task, err, f"its ids could not be read: {cause}")
         self.queue.extend(t for t in tasks if t.file.error is None and t.task_id not in unread)
         started = time.monotonic()
         try:

@@ -34,8 +34,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from pipelines.batch.cluster import ClusterError, live_actors
 from pipelines.batch.preflight import Job
 from pipelines.batch.repeated_ids import MeetRequest, id_digest_file, meet
-from pipelines.inputs.planning import Task
-from pipelines.inputs.readers import read_rows
+from pipelines.inputs.planning import Task, read_task
 from pipelines.interrupt import StopRequest
 from pipelines.output.digest_files import (
     DigestSummary,
@@ -78,7 +77,13 @@ class Digests:
 
     ids: dict[str, DigestSummary] = field(default_factory=dict)
     texts: dict[str, DigestSummary] = field(default_factory=dict)
-    unread: dict[str, RayTaskError] = field(default_factory=dict)
+    unread: dict[str, Exception] = field(default_factory=dict)
+
+    def failing(self, errors: dict[str, Exception]) -> Digests:
+        """These digests less the tasks of `errors`, which fail with them."""
+        ids = {k: v for k, v in self.ids.items() if k not in errors}
+        texts = {k: v for k, v in self.texts.items() if k not in errors}
+        return Digests(ids, texts, {**self.unread, **errors})
 
 
 def collect_digests(job: Job, actors: list[Any], tasks: list[Task], stop: StopRequest) -> Digests:
@@ -250,7 +255,7 @@ def digest_task(
 
     @functools.cache  # one read for both digests, and none when both are cached
     def rows() -> pl.DataFrame:
-        return read_rows(task.file, task.start, task.stop, columns)
+        return read_task(task, columns)
 
     def ids() -> list[str | None]:
         return [None if v is None else str(v) for v in rows()[ask.id_column].to_list()]

@@ -23,7 +23,7 @@ from pipelines.batch.preflight import Job, prepare, resolved_config
 from pipelines.batch.prepass import ReusePlan, collect_digests, meet_repeats, plan_reuse
 from pipelines.batch.progress import Progress
 from pipelines.config import Config
-from pipelines.inputs.planning import Task
+from pipelines.inputs.planning import Task, number_rows
 from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.output.markers import DoneMarker, totals
 from pipelines.output.state import RunState, StateError
@@ -125,6 +125,10 @@ def _when(version: str) -> str:
 
 
 def _plan_entry(task: Task) -> dict[str, Any]:
+    """A byte range of JSON Lines is planned by its bytes: its rows are counted on the actors."""
+    if task.span is not None:
+        first, stop = task.span
+        return {"task": task.task_id, "file": task.file.key, "bytes": [first, stop]}
     return {"task": task.task_id, "file": task.file.key, "start": task.start, "stop": task.stop}
 
 
@@ -161,11 +165,16 @@ def drive(
     usage: dict[str, float],
 ) -> Driver:
     run, clock = job.config.run, time.monotonic()
-    done_rows = sum(t.rows for t in job.tasks) - sum(t.rows for t in todo)
-    progress = Progress(sum(t.rows for t in job.tasks), done_rows)
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
     digests = collect_digests(job, actors, order, stop)
+    # byte ranges of JSON Lines learn their rows from the digest pass
+    order, unnumbered = number_rows(order, {k: s.rows for k, s in digests.ids.items()})
+    digests = digests.failing(dict(unnumbered))
+    waiting = {t.task_id for t in todo}
+    todo = [t for t in order if t.task_id in waiting]
+    total = sum(t.rows for t in order)
+    progress = Progress(total, total - sum(t.rows for t in todo))
     repeats = meet_repeats(job, actors, order, digests, stop)
     reuse = plan_reuse(job, actors, digests, repeats, index, stop) if run.use_cache else None
     usage["seconds_prepass"] = time.monotonic() - clock

@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.batch.repeated_ids import repeats_of
-from pipelines.inputs.planning import Task
-from pipelines.inputs.readers import read_rows
+from pipelines.inputs.planning import Task, read_task
 from pipelines.output.faults import check_write
 from pipelines.output.markers import DoneMarker, PartFile
 from pipelines.output.part_files import (
@@ -80,7 +79,7 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         repeats = repeats_of(spec.position, tuple(tables), keys)
         spec = dataclasses.replace(spec, repeats=repeats)
     columns = list(dict.fromkeys([spec.id_column, spec.text_column, *spec.keep_columns]))
-    frame = read_rows(task.file, task.start, task.stop, columns)
+    frame = read_task(task, columns)
     read_s, clock = time.perf_counter() - clock, time.perf_counter()
     ids = [None if v is None else str(v) for v in frame[spec.id_column].to_list()]
     reasons = id_problems(ids, spec.repeats)

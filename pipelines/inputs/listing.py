@@ -14,7 +14,15 @@ import logging
 import re
 from pathlib import Path
 
-from pipelines.inputs.readers import FORMATS, SUFFIXES, InputError, InputFile, count_rows
+from pipelines.inputs.line_ranges import splits_by_bytes
+from pipelines.inputs.readers import (
+    FORMATS,
+    SUFFIXES,
+    InputError,
+    InputFile,
+    check_regular,
+    count_rows,
+)
 from pipelines.storage import stores
 from pipelines.storage.settings import StorageSettings
 
@@ -53,7 +61,7 @@ def list_inputs(
                 "input.skip_unknown_files: true to skip other files with a warning"
             )
         try:
-            rows, error = count_rows(location, fmt, storage, size), None
+            rows, error = _rows(location, fmt, storage, size), None
         except InputError as err:
             # One corrupt shard must not stop the others: it becomes a task that fails.
             rows, error = None, str(err)
@@ -64,6 +72,21 @@ def list_inputs(
 
 
 Found = list[tuple[str, str, int, str]]  # location, key, size, version
+
+
+def _rows(location: str, fmt: str, storage: StorageSettings, size: int) -> int | None:
+    """The file's rows; None for JSON Lines split by bytes, which the digest pass counts."""
+    probe = InputFile(location, location, fmt, None, size, storage=storage)
+    if size and splits_by_bytes(probe):
+        if not stores.is_remote(location):
+            check_regular(Path(location))
+        if stores.read_range(location, 0, min(size, 4096), storage).lstrip()[:1] == b"[":
+            raise InputError(
+                f"{location} is a JSON array, not JSON Lines (one object per line); convert "
+                "it, e.g. jq -c '.[]' IN > OUT.jsonl"
+            )
+        return None
+    return count_rows(location, fmt, storage, size)
 
 
 def _expand_local(path: str) -> Found:

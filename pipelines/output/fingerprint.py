@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from pipelines.config import Config
+from pipelines.inputs.line_ranges import splits_by_bytes
 from pipelines.inputs.readers import InputFile
 from workers.model_dir import ModelCard
 
@@ -35,10 +36,16 @@ def build_fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -
         "rows_per_task": inp.rows_per_task,
         # Keys only: a shard fixed after a failed run must not make its output refuse the rerun.
         # A changed file under a done task is caught by that task's done marker instead.
-        "inputs": [{"key": f.key, "format": f.format} for f in files],
+        # JSON Lines are cut into tasks by bytes: an output made when they were cut by rows
+        # would see its done tasks as new ones
+        "inputs": [{"key": f.key, "format": f.format, **_split(f)} for f in files],
         "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
         "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
     }
+
+
+def _split(file: InputFile) -> dict[str, str]:
+    return {"split": "bytes"} if splits_by_bytes(file) else {}
 
 
 def diff(

@@ -7,7 +7,13 @@ import polars as pl
 import pytest
 
 from pipelines.inputs.listing import list_inputs
-from pipelines.inputs.planning import plan_tasks, task_id
+from pipelines.inputs.planning import (
+    number_rows,
+    plan_tasks,
+    read_task,
+    require_columns,
+    task_id,
+)
 from pipelines.inputs.readers import InputError, read_rows
 
 ROWS = [{"id": f"{i:05d}", "text": f"text number {i}", "title": f"t{i}"} for i in range(25)]
@@ -30,7 +36,7 @@ def test_a_directory_lists_every_shard_recursively_in_order(shards):
     assert [(f.key, f.format, f.rows) for f in files] == [
         ("a.parquet", "parquet", 10),
         ("c.csv", "csv", 7),
-        ("sub/b.jsonl", "jsonl", 8),
+        ("sub/b.jsonl", "jsonl", None),  # split by bytes, counted by the digest pass
     ]
 
 
@@ -69,10 +75,18 @@ def test_a_missing_column_names_the_file_and_the_columns(shards):
 
 
 def test_tasks_cover_every_row_once_with_stable_ids(shards):
-    files = list_inputs(str(shards))
+    files = require_columns(list_inputs(str(shards)), {"id": "input.id_column"}, "text")
     tasks = plan_tasks(files, rows_per_task=4)
+    # the JSON Lines' byte ranges are numbered from what reading them finds (the digest pass)
+    counts = {t.task_id: read_task(t, ["id"]).height for t in tasks}
+    tasks, unknown = number_rows(tasks, counts)
+    assert unknown == {}
     covered = [(t.file.key, r) for t in tasks for r in range(t.start, t.stop)]
     assert len(covered) == len(set(covered)) == 25
+    assert [read_task(t, ["id"])["id"].to_list() for t in tasks] == [
+        [r["id"] for r in ROWS[a:b]]
+        for a, b in [(0, 4), (4, 8), (8, 10), (18, 22), (22, 25), (10, 14), (14, 18)]
+    ]
     assert max(t.rows for t in tasks) == 4
     assert [t.task_id for t in plan_tasks(list_inputs(str(shards)), 4)] == [
         t.task_id for t in tasks
