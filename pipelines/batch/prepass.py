@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,12 +41,11 @@ from pipelines.output.digest_files import (
     DigestSummary,
     bucket_parts,
     buckets_for,
-    groups_of,
     summary_of,
 )
 from pipelines.output.faults import check_write
 from pipelines.output.state import digest_path
-from pipelines.reindex.cache_from import CacheIndex
+from pipelines.reindex.cache_from import CacheFile, cache_digest_file
 from pipelines.reindex.plan import (
     Reuse,
     TextMeetRequest,
@@ -165,7 +165,7 @@ def plan_reuse(
     actors: list[Any],
     digests: Digests,
     repeats: RepeatTables,
-    index: CacheIndex,
+    cache: tuple[CacheFile, ...],
     stop: StopRequest,
 ) -> ReusePlan:
     """use_cache: per task, the cache files and earlier tasks it copies vectors from
@@ -175,13 +175,14 @@ def plan_reuse(
         return ReusePlan()
     tasks = {t.task_id: t for t in job.tasks}
     summaries = [(digest_file_path("texts", tasks[t]), digests.texts[t]) for t in ready]
-    buckets = buckets_for(sum(s.rows for _, s in summaries), len(actors))
+    cached, locations = digest_cache(job, actors, cache, stop)
+    buckets = buckets_for(sum(s.rows for _, s in summaries + cached), len(actors))
     out = job.config.output.path
     asks = [
         TextMeetRequest(
             out,
             bucket_parts(b, buckets, summaries),
-            index.groups(*groups_of(b, buckets)),
+            bucket_parts(b, buckets, cached),
             job.storage,
         )
         for b in range(buckets)
@@ -190,8 +191,54 @@ def plan_reuse(
     counts, found = call_each(actors, meet_texts, asks, job.config.run, stop, tables, returns=3)
     log.info("use_cache: %d copy relation(s) planned in %d bucket(s)", sum(counts), buckets)
     keys = ray.put(np.array([waiter_key(t) for t in ready], dtype=np.uint64))
-    reuse = assemble(ready, ray.get([pairs for pairs, _ in found]), index.files)
+    reuse = assemble(ready, ray.get([pairs for pairs, _ in found]), locations)
     return ReusePlan(reuse, (keys, *(shares for _, shares in found)))
+
+
+@dataclass(frozen=True)
+class CacheDigestRequest:
+    file: CacheFile
+    out: str
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+
+def digest_cache(
+    job: Job, actors: list[Any], files: tuple[CacheFile, ...], stop: StopRequest
+) -> tuple[list[tuple[str, DigestSummary]], tuple[str, ...]]:
+    """The cache files' digest files, made by the actors (or kept from an earlier run of this
+    output): each one's path and summary, and the files' locations, in cache_from order. A file
+    that cannot be read now is left out (its texts are embedded), with a warning."""
+    out = job.config.output.path
+    asks = [CacheDigestRequest(f, out, job.storage) for f in files]
+    _, results = call_each(actors, cache_digest, asks, job.config.run, stop)
+    summaries, locations = [], []
+    for file, found in zip(files, ray.get(results), strict=True):
+        if isinstance(found, str):
+            log.warning("cache_from: not using %s: %s", file.location, found)
+            continue
+        summaries.append((cache_digest_path(file), found))
+        locations.append(file.location)
+    return summaries, tuple(locations)
+
+
+def cache_digest_path(file: CacheFile) -> str:
+    name = hashlib.sha256(file.location.encode()).hexdigest()[:24]
+    return digest_path("cache", name, file.size, file.version)
+
+
+def cache_digest(_embedder: object, ask: CacheDigestRequest) -> tuple[int, DigestSummary | str]:
+    """Runs on an actor: a cache file's digest file, written unless an earlier run made it;
+    its summary, or why the file cannot be read."""
+    out = Tree(ask.out, ask.storage, before_publish=check_write)
+    try:
+        made = cached_file(
+            out,
+            cache_digest_path(ask.file),
+            lambda: cache_digest_file(ask.file.location, ask.storage),
+        )
+    except (OSError, ValueError) as err:  # gone or damaged since it was listed
+        return 0, f"cannot be read: {err}"
+    return made.rows, made
 
 
 def call_each(

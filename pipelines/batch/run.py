@@ -28,7 +28,7 @@ from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.output.markers import DoneMarker, totals
 from pipelines.output.state import RunState, StateError
 from pipelines.reindex import cache_from as earlier
-from pipelines.reindex.cache_from import CacheIndex, CacheSource
+from pipelines.reindex.cache_from import CacheFile, CacheSource
 from pipelines.reindex.shares import SHARES
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         state.clear_success()
         state.sweep_temporaries()
         todo = pending(job, state)
-        index, sources = open_cache(job) if todo else (CacheIndex(), [])
+        index, sources = open_cache(job) if todo else ((), [])
         usage = run_tasks(job, state, todo, stop, index) if todo else {}
         usage["seconds_planning"] = listing_s + usage.get("seconds_prepass", 0.0)
         report = build_report(job, state, time.monotonic() - started, usage)
@@ -77,10 +77,10 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         state.release()
 
 
-def open_cache(job: Job) -> tuple[CacheIndex, list[CacheSource]]:
+def open_cache(job: Job) -> tuple[tuple[CacheFile, ...], list[CacheSource]]:
     run = job.config.run
     if not (run.use_cache and run.cache_from):
-        return CacheIndex(), []
+        return (), []
     return earlier.open_cache(run.cache_from, job.fingerprint, job.storage)
 
 
@@ -133,7 +133,7 @@ def _plan_entry(task: Task) -> dict[str, Any]:
 
 
 def run_tasks(
-    job: Job, state: RunState, todo: list[Task], stop: StopRequest, index: CacheIndex
+    job: Job, state: RunState, todo: list[Task], stop: StopRequest, index: tuple[CacheFile, ...]
 ) -> dict[str, float]:
     """Runs the tasks until done or stopped; returns the seconds spent starting Ray and loading
     the actors, then embedding, and the share of that time the actors' devices sat idle."""
@@ -161,7 +161,7 @@ def drive(
     todo: list[Task],
     actors: list[Any],
     stop: StopRequest,
-    index: CacheIndex,
+    index: tuple[CacheFile, ...],
     usage: dict[str, float],
 ) -> Driver:
     run, clock = job.config.run, time.monotonic()

@@ -1,5 +1,5 @@
 """Earlier outputs (`run.cache_from`) as a source of vectors: which part files may be reused, and
-an index of their text hashes.
+their text hashes as digest files.
 
 A part file is reused only when its own fingerprint (in its Parquet metadata, so a file copied
 out of its output still says what made it) names the same model and the same embedding options
@@ -7,8 +7,9 @@ as this run: the text hash covers the text, the fingerprint the rest of what dec
 Everything else is left out with its reason, logged and put in the report; an unusable or
 missing cache never fails a run, since the run's result is the same without it, only slower.
 
-The index holds 20 bytes a cached row in the driver (digest and file number): 200 MB for ten
-million rows. It is read from the files' `text_hash` columns alone, never their text or vectors.
+The driver reads each file's footer only. The actors turn each file's `text_hash` column into a
+digest file under the output's `_state/cache/` (batch/prepass.py), which the text meets read a
+bucket at a time like the tasks' own (reindex/plan.py): no cached row is held in the driver.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipelines.inputs.listing import is_skipped, is_skipped_key
+from pipelines.output.digest_files import digest_file
 from pipelines.output.fingerprint import FINGERPRINT_FILE, FINGERPRINT_KEY, diff
 from pipelines.output.part_files import hashes_of
 from pipelines.storage import stores
 from pipelines.storage.settings import StorageSettings
-from workers.text_hash import HASH_DTYPE, locate
 
 log = logging.getLogger(__name__)
 
@@ -50,56 +52,43 @@ class CacheSource:
 
 
 @dataclass(frozen=True)
-class CacheIndex:
-    files: tuple[str, ...] = ()
-    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, HASH_DTYPE))  # sorted
-    file_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+class CacheFile:
+    """A reusable part file: where it is and what identifies its bytes (for its digest file)."""
 
-    def groups(self, first: int, stop: int) -> CacheIndex:
-        """The index of the hashes whose first byte is in [first, stop) (a meet's bucket)."""
-        bounds = np.array([bytes([first]), bytes([stop]) if stop < 256 else b""], HASH_DTYPE)
-        start = int(np.searchsorted(self.hashes, bounds[0]))
-        end = len(self.hashes) if stop >= 256 else int(np.searchsorted(self.hashes, bounds[1]))
-        return CacheIndex(self.files, self.hashes[start:end], self.file_of[start:end])
-
-    def lookup(self, hashes: np.ndarray) -> np.ndarray:
-        """Per digest, the number of a file that holds it, or -1."""
-        at = locate(self.hashes, hashes)
-        files = np.full(len(hashes), -1, dtype=np.int32)
-        files[at >= 0] = self.file_of[at[at >= 0]]
-        return files
+    location: str
+    size: int
+    version: str
 
 
 def open_cache(
     paths: list[str], fingerprint: dict[str, Any], storage: StorageSettings | None = None
-) -> tuple[CacheIndex, list[CacheSource]]:
-    """The index over every reusable part file under `paths` (local or object-store
-    locations), and what each path gave."""
+) -> tuple[tuple[CacheFile, ...], list[CacheSource]]:
+    """Every reusable part file under `paths` (local or object-store locations), judged by its
+    footer alone, and what each path gave."""
     storage = storage or StorageSettings()
-    files: list[str] = []
-    digests: list[np.ndarray] = []
+    files: list[CacheFile] = []
     sources = []
     for path in paths:
         source, found = _scan(path, fingerprint, storage)
         sources.append(source)
-        for name, hashes in found:
-            files.append(name)
-            digests.append(hashes)
+        files += found
     for source in sources:
         for where, why in source.skipped.items():
             log.warning("cache_from: not using %s: %s", where, why)
         log.info("cache_from %s: %d file(s), %d row(s)", source.path, source.files, source.rows)
-    if not files:
-        return CacheIndex(), sources
-    hashes = np.concatenate(digests)
-    file_of = np.concatenate([np.full(len(d), i, np.int32) for i, d in enumerate(digests)])
-    order = np.argsort(hashes, kind="stable")
-    return CacheIndex(tuple(files), hashes[order], file_of[order]), sources
+    return tuple(files), sources
+
+
+def cache_digest_file(location: str, storage: StorageSettings) -> bytes:
+    """A cache file's text hashes as a digest file (output/digest_files.py), row by row: what
+    the text meets read a bucket at a time. Made on an actor, never in the driver."""
+    hashes = hashes_of(stores.read_parquet(location, storage, ["text_hash"]).column("text_hash"))
+    return digest_file(hashes.tobytes(), np.arange(len(hashes), dtype=np.uint32), len(hashes))
 
 
 def _scan(
     path: str, fingerprint: dict[str, Any], storage: StorageSettings
-) -> tuple[CacheSource, list[tuple[str, Any]]]:
+) -> tuple[CacheSource, list[CacheFile]]:
     skipped: dict[str, str] = {}
     try:
         stored = _stored_fingerprint(path, storage)
@@ -110,17 +99,19 @@ def _scan(
         return CacheSource(path, skipped={path: why}), []
     if not candidates:
         return CacheSource(path, skipped={path: "no part files there"}), []
-    found = []
+    found: list[CacheFile] = []
+    rows = 0
     for name in candidates:
         try:
-            why, hashes = _read(name, fingerprint, storage)
+            why, meta = _read(name, fingerprint, storage)
+            entry = stores.stat(name, storage)
         except (OSError, ValueError) as err:  # unreadable, or not Parquet
-            why, hashes = f"cannot be read: {err}", None
-        if hashes is None:
-            skipped[name] = str(why)
+            why, meta, entry = f"cannot be read: {err}", None, None
+        if meta is None or entry is None:
+            skipped[name] = str(why or "gone since it was listed")
         else:
-            found.append((name, hashes))
-    rows = sum(len(h) for _, h in found)
+            found.append(CacheFile(name, entry.size, entry.version))
+            rows += meta.num_rows
     return CacheSource(path, files=len(found), rows=rows, skipped=skipped), found
 
 
@@ -155,8 +146,10 @@ def _part_files(path: str, storage: StorageSettings) -> list[str]:
 
 def _read(
     name: str, fingerprint: dict[str, Any], storage: StorageSettings
-) -> tuple[str | None, np.ndarray | None]:
-    schema = stores.parquet_schema(name, storage)
+) -> tuple[str | None, pq.FileMetaData | None]:
+    """Why the part file cannot be reused, or its footer."""
+    meta = stores.parquet_metadata(name, storage)
+    schema = meta.schema.to_arrow_schema()
     raw = (schema.metadata or {}).get(FINGERPRINT_KEY)
     if raw is None:
         return "not an embedpipe part file (no fingerprint in its metadata)", None
@@ -164,8 +157,7 @@ def _read(
         return why, None
     if "text_hash" not in schema.names:
         return "written before part files had a text_hash column", None
-    table = stores.read_parquet(name, storage, ["text_hash"])
-    return None, hashes_of(table.column("text_hash"))
+    return None, meta
 
 
 def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:

@@ -31,11 +31,10 @@ from pipelines.output.digest_files import (
     read_bucket,
     row_keys,
 )
-from pipelines.reindex.cache_from import CacheIndex
 from pipelines.reindex.shares import shares_table
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
-from workers.text_hash import text_hashes
+from workers.text_hash import locate, text_hashes
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Reuse:
 class TextMeetRequest:
     out: str
     parts: tuple[Part, ...]
-    cache: CacheIndex  # the part of the cache_from index in this bucket
+    cache: tuple[Part, ...] = ()  # this bucket's slices of the cache files' digest files
     storage: StorageSettings = field(default_factory=StorageSettings)
 
 
@@ -76,7 +75,7 @@ def meet_texts(
         row_keys(positions, records["row"]), np.concatenate([*repeated, np.zeros(0, np.uint64)])
     )
     records, positions = records[keep], positions[keep]
-    cached = ask.cache.lookup(as_hashes(records))
+    cached = cache_lookup(Tree(ask.out, ask.storage), ask.cache, as_hashes(records))
     hit = cached >= 0
     copies = pairs(positions[hit], cached[hit])
     fresh_records, fresh_positions = records[~hit], positions[~hit]
@@ -86,6 +85,21 @@ def meet_texts(
     waits = pairs(waiter[other], owner[other])
     shares = shares_table(owner[other], fresh_records["row"][first][other], waiter[other])
     return len(copies) + len(waits), (copies, waits), shares
+
+
+def cache_lookup(out: Tree, cache: tuple[Part, ...], hashes: np.ndarray) -> np.ndarray:
+    """Per digest, the number of a cache file that holds it (the first, in cache_from order),
+    or -1; from one bucket's slices of the cache files' digest files."""
+    records, files = read_bucket(out, cache)
+    known = as_hashes(records)
+    order = np.argsort(known, kind="stable")  # read in file order: ties keep it
+    known, files = known[order], files[order]
+    first = np.r_[True, known[1:] != known[:-1]] if len(known) else np.zeros(0, bool)
+    known, files = known[first], files[first]
+    at = locate(known, hashes)
+    found = np.full(len(hashes), -1, dtype=np.int64)
+    found[at >= 0] = files[at[at >= 0]]
+    return found
 
 
 def pairs(left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from pipelines.storage.settings import StorageSettings
 
@@ -322,6 +323,14 @@ def explain(err: BaseException, location: str) -> str:
             "or AWS_ENDPOINT_URL"
         )
     return f"{location}: {text}"
+
+
+def parquet_metadata(location: str, settings: StorageSettings) -> pq.FileMetaData:
+    """A Parquet file's footer: its schema and row count, without reading a page."""
+    if is_remote(location):
+        with open_input(location, settings) as f:
+            return pq.read_metadata(f)
+    return pq.read_metadata(location)
 
 
 def parquet_schema(location: str, settings: StorageSettings) -> pa.Schema:

@@ -18,6 +18,7 @@ import pytest
 
 from pipelines.batch.run import run_job
 from pipelines.config import load_config
+from pipelines.inputs.line_ranges import byte_ranges, read_line_range
 from pipelines.inputs.listing import list_inputs
 from pipelines.inputs.readers import InputError, read_rows
 
@@ -53,7 +54,7 @@ def test_a_prefix_lists_every_shard_with_its_key_and_etag(shards):
     assert [(f.key, f.format, f.rows) for f in files] == [
         ("a.parquet", "parquet", 6),
         ("d.csv", "csv", 6),
-        ("sub/b.jsonl", "jsonl", 6),
+        ("sub/b.jsonl", "jsonl", None),  # cut by bytes: the digest pass counts it
         ("sub/c.jsonl.gz", "jsonl", 6),
     ]
     head = shards.client.head_object(Bucket=shards.name, Key="corpus/d.csv")
@@ -65,6 +66,13 @@ def test_a_glob_and_a_single_object(shards):
     assert [f.key for f in found] == ["sub/b.jsonl", "sub/c.jsonl.gz"]
     (one,) = list_inputs(shards.url("corpus/a.parquet"), storage=shards.storage)
     assert (one.key, one.rows) == ("a.parquet", 6)
+
+
+def test_json_lines_cut_by_bytes_read_every_row_once_from_the_store(shards):
+    (file,) = list_inputs(shards.url("corpus/sub/b.jsonl"), storage=shards.storage)
+    cuts = byte_ranges(file.size, 37)  # lines are longer: most ranges start mid-line
+    ids = [i for a, b in cuts for i in read_line_range(file, a, b, ["id"])["id"].to_list()]
+    assert ids == [f"{i:05d}" for i in range(6, 12)]
 
 
 def test_row_ranges_read_the_same_from_every_format(shards):

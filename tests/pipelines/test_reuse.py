@@ -10,14 +10,26 @@ import pyarrow as pa
 import pytest
 
 from pipelines.batch.preflight import check_cache_paths
-from pipelines.batch.prepass import cached_file, digest_file_path
+from pipelines.batch.prepass import (
+    CacheDigestRequest,
+    cache_digest,
+    cache_digest_path,
+    cached_file,
+    digest_file_path,
+)
 from pipelines.batch.repeated_ids import MeetRequest, id_digest_file, meet
 from pipelines.inputs.planning import Task
 from pipelines.inputs.readers import InputError, InputFile
 from pipelines.output.digest_files import bucket_parts, groups_of
 from pipelines.output.part_files import embeddings_table, write_parquet_atomic
-from pipelines.reindex.cache_from import CacheIndex, open_cache
-from pipelines.reindex.plan import TextMeetRequest, assemble, meet_texts, text_digest_file
+from pipelines.reindex.cache_from import open_cache
+from pipelines.reindex.plan import (
+    TextMeetRequest,
+    assemble,
+    cache_lookup,
+    meet_texts,
+    text_digest_file,
+)
 from pipelines.reindex.shares import shares_of
 from pipelines.storage.tree import Tree
 from workers.text_hash import text_hash, text_hashes
@@ -69,7 +81,7 @@ def test_only_files_of_the_same_model_and_options_are_indexed(tmp_path):
     part_file(old / "_rejects" / "part-a.parquet", ["v"], last_week)  # not a part file
     part_file(tmp_path / "raw" / "part-d.parquet", ["u"], unnormalized)
 
-    index, sources = open_cache(
+    files, sources = open_cache(
         [str(old), str(tmp_path / "raw" / "*.parquet"), str(tmp_path / "nowhere")],
         OURS,
     )
@@ -80,8 +92,10 @@ def test_only_files_of_the_same_model_and_options_are_indexed(tmp_path):
         in sources[1].skipped[str(tmp_path / "raw" / "part-d.parquet")]
     )
     assert sources[2].skipped == {str(tmp_path / "nowhere"): "no part files there"}
-    found = index.lookup(text_hashes("", ["y", "w", "z", "nope"]).hashes)
-    assert [index.files[f] if f >= 0 else None for f in found] == [
+    cached, locations = digest_cache_here(tmp_path, files)
+    hashes = text_hashes("", ["y", "w", "z", "nope"]).hashes
+    found = cache_lookup(Tree(str(tmp_path / "out")), bucket_parts(0, 1, cached), hashes)
+    assert [locations[f] if f >= 0 else None for f in found] == [
         str(old / "part-a.parquet"),
         None,
         str(old / "lang=en" / "part-b.parquet"),
@@ -93,8 +107,8 @@ def test_a_whole_output_of_other_options_is_refused_by_its_fingerprint_file(tmp_
     other = {**OURS, "options": {**OURS["options"], "truncation_direction": "left"}}
     part_file(tmp_path / "old" / "part-a.parquet", ["x"], OURS)  # its files would pass...
     (tmp_path / "old" / "_embedpipe.json").write_text(json.dumps(other))  # ...its output not
-    index, sources = open_cache([str(tmp_path / "old")], OURS)
-    assert len(index.hashes) == 0
+    files, sources = open_cache([str(tmp_path / "old")], OURS)
+    assert files == ()
     assert "truncation_direction" in sources[0].skipped[str(tmp_path / "old")]
 
 
@@ -107,15 +121,27 @@ def tasks_of(*names: str) -> list[Task]:
     return [Task(n, InputFile(n, n, "parquet", 1, 1), 0, 1) for n in names]
 
 
-def plan(tmp_path, order, texts, ids, index, buckets=1):
+def digest_cache_here(tmp_path, files):
+    """What prepass.digest_cache does, with the actors' function called here: each cache
+    file's digest file under the output, its path and summary, and the files' locations."""
+    out = str(tmp_path / "out")
+    made = [cache_digest(None, CacheDigestRequest(f, out))[1] for f in files]
+    assert not any(isinstance(m, str) for m in made), made
+    summaries = [(cache_digest_path(f), m) for f, m in zip(files, made, strict=True)]
+    return summaries, tuple(f.location for f in files)
+
+
+def plan(tmp_path, order, texts, ids, cache=(), buckets=1):
     """What the driver plans (batch/prepass.py), with the actors' functions called here: digest
     files, then the id meets, then the text meets, for `buckets` buckets each."""
-    found = text_meets(tmp_path, order, texts, ids, index, buckets)
-    return assemble([t.task_id for t in order], [pairs for _, pairs, _ in found], index.files)
+    found = text_meets(tmp_path, order, texts, ids, cache, buckets)
+    _, locations = digest_cache_here(tmp_path, cache)
+    return assemble([t.task_id for t in order], [pairs for _, pairs, _ in found], locations)
 
 
-def text_meets(tmp_path, order, texts, ids, index, buckets):
+def text_meets(tmp_path, order, texts, ids, cache, buckets):
     """Every bucket's answer from meet_texts: (count, pairs, SHARE table)."""
+    cached, _ = digest_cache_here(tmp_path, cache)
     out = Tree(str(tmp_path / "out"))
     id_files, text_files = [], []
     for t in order:
@@ -132,7 +158,7 @@ def text_meets(tmp_path, order, texts, ids, index, buckets):
     found = []
     for b in range(buckets):
         parts = bucket_parts(b, buckets, text_files)
-        ask = TextMeetRequest(str(out.root), parts, index.groups(*groups_of(b, buckets)))
+        ask = TextMeetRequest(str(out.root), parts, bucket_parts(b, buckets, cached))
         found.append(meet_texts(None, ask, *tables))
     return found
 
@@ -142,7 +168,7 @@ def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_pat
     order = tasks_of("t0", "t1", "t2")
     texts = {"t0": ["a", "b"], "t1": ["b", "c", "c"], "t2": ["c", "a", "d"]}
     ids = {t: [f"{t}-{i}" for i in range(len(v))] for t, v in texts.items()}
-    found = plan(tmp_path, order, texts, ids, CacheIndex(), buckets)
+    found = plan(tmp_path, order, texts, ids, (), buckets)
     assert found["t0"].owners == ()
     assert found["t1"].owners == ("t0",)  # b; c repeats inside t1, which embeds it once
     assert found["t2"].owners == ("t0", "t1")  # a from t0, c from t1
@@ -153,7 +179,7 @@ def test_each_owner_learns_which_of_its_rows_each_later_task_copies(tmp_path, bu
     order = tasks_of("t0", "t1", "t2")
     texts = {"t0": ["a", "b"], "t1": ["b", "c", "c"], "t2": ["c", "a", "d", "b"]}
     ids = {t: [f"{t}-{i}" for i in range(len(v))] for t, v in texts.items()}
-    found = text_meets(tmp_path, order, texts, ids, CacheIndex(), buckets)
+    found = text_meets(tmp_path, order, texts, ids, (), buckets)
     tables = tuple(table for *_, table in found)
     t0, t1, t2 = (shares_of(p, tables).tolist() for p in range(3))
     # (owner, row in the owner's task, waiter): a to t2, b to t1 and t2; c (t1's row 1) to t2
@@ -165,23 +191,27 @@ def test_each_owner_learns_which_of_its_rows_each_later_task_copies(tmp_path, bu
 @pytest.mark.parametrize("buckets", [1, 4])
 def test_a_cached_text_is_copied_and_an_unusable_row_owns_nothing(tmp_path, buckets):
     cached = part_file(tmp_path / "old" / "part-x.parquet", ["a"], OURS)
-    index, _ = open_cache([str(cached.parent)], OURS)
+    files, _ = open_cache([str(cached.parent)], OURS)
     order = tasks_of("t0", "t1")
     texts = {"t0": ["a", "b", None, "c"], "t1": ["a", "b", "c"]}
     # b's row in t0 has a repeated id and c's a null one: both are rejected, so t1 must embed
     # b and c itself
     ids = {"t0": ["x", "x", "y", None], "t1": ["p", "q", "r"]}
-    found = plan(tmp_path, order, texts, ids, index, buckets)
+    found = plan(tmp_path, order, texts, ids, files, buckets)
     assert found["t0"].cache_files == found["t1"].cache_files == (str(cached),)
     assert found["t1"].owners == ()
 
 
-def test_the_cache_index_splits_by_the_first_byte_of_the_hash(tmp_path):
+def test_each_bucket_reads_only_its_slice_of_a_cache_files_digests(tmp_path):
     texts = [f"text {n}" for n in range(300)]
     cached = part_file(tmp_path / "old" / "part-x.parquet", texts, OURS)
-    index, _ = open_cache([str(cached.parent)], OURS)
-    parts = [index.groups(*groups_of(b, 8)) for b in range(8)]
-    assert sum(len(p.hashes) for p in parts) == 300 and min(len(p.hashes) for p in parts) > 0
-    for b, part in enumerate(parts):
+    files, _ = open_cache([str(cached.parent)], OURS)
+    summaries, _ = digest_cache_here(tmp_path, files)
+    out, hashes = Tree(str(tmp_path / "out")), text_hashes("", texts).hashes
+    found = []
+    for b in range(8):
         first, stop = groups_of(b, 8)
-        assert all(first <= h[0] < stop for h in part.hashes.tolist())
+        hit = cache_lookup(out, bucket_parts(b, 8, summaries), hashes) >= 0
+        assert hit.any() and all(first <= h[0] < stop for h in hashes[hit].tolist())
+        found.append(hit)
+    assert (np.sum(found, axis=0) == 1).all()  # every text in exactly one bucket

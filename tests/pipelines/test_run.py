@@ -305,3 +305,35 @@ def test_a_missing_model_dir_is_exported_on_first_use(tmp_path, parity_texts):
     assert (
         report["tasks_done"] == report["tasks_total"] and (tmp_path / "out" / "_SUCCESS").exists()
     )
+
+
+def test_a_json_lines_shard_cut_by_bytes_keeps_every_row_and_its_number(tmp_path, minilm_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    rows: list[dict] = [
+        {"id": f"doc-{i:03d}", "text": f"line {i} of the shard"} for i in range(100)
+    ]
+    rows[57]["id"] = "doc-003"  # repeats row 3, several byte ranges earlier
+    rows[80]["id"] = None
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(40, "")  # a blank line is no row, and moves no row's number
+    (root / "big.jsonl").write_text("\n".join(lines) + "\n")
+    conf = tmp_path / "run.yaml"
+    conf.write_text(
+        f"model: {{source: {minilm_dir}}}\n"
+        f"input: {{path: {root}, rows_per_task: 12}}\n"
+        f"output: {{path: {tmp_path / 'out'}}}\n"
+        "workers: {device: cpu, cpus_per_actor: 1, num_actors: 2}\n"
+    )
+    report = run_job(load_config(conf))
+    assert report["tasks_total"] >= 8 and report["tasks_done"] == report["tasks_total"]
+    parts, rejects = read_output(tmp_path / "out")
+    assert sorted(parts["id"].to_list()) == sorted(
+        r["id"] for i, r in enumerate(rows) if i not in (57, 80)
+    )
+    assert sorted(zip(rejects["row"], rejects["reason"], strict=True)) == [
+        (57, "id 'doc-003' repeats row 3 of big.jsonl"),
+        (80, "id is null"),
+    ]
+    plan = json.loads((tmp_path / "out" / "_state" / "plan.json").read_text())["tasks"]
+    assert all("bytes" in entry for entry in plan)  # planned without counting a line
