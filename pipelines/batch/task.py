@@ -115,9 +115,9 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         input_key=task.file.key,
         input_size=task.file.size,
         input_version=task.file.version,
-        rows=task.rows,
+        rows=frame.height,  # task.rows, once a byte range is numbered (inputs/planning.py)
         embedded=result.embedded,
-        rejected=task.rows - len(rows),
+        rejected=frame.height - len(rows),
         tokens=result.tokens,
         seconds={"read": read_s, "embed": embed_s, "device": found.device_s, "write": write_s},
         files=tuple(files),
