@@ -54,7 +54,10 @@ def main() -> None:
             runs.append(measure(model, corpus, args.work / "out", rows, fmt))
             print(json.dumps(runs[-1]), file=sys.stderr)
             shutil.rmtree(corpus)
-    write_result(args.out, {"model": SHAPE, "task_rows": TASK_ROWS, "runs": runs, **fit(runs)})
+    measured = {"sizes": args.sizes, "formats": args.formats}  # what this run was asked for
+    write_result(
+        args.out, {"model": SHAPE, "task_rows": TASK_ROWS, **measured, "runs": runs, **fit(runs)}
+    )
 
 
 def parse_args() -> argparse.Namespace:
