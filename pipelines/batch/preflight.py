@@ -77,7 +77,8 @@ def prepare(config: Config) -> Job:
     model_dir = ensure_model(config)
     card = read_card(model_dir)
     storage = config.storage.settings()
-    listed = list_inputs(inp.path, inp.skip_unknown_files, storage)
+    # CSV and compressed shards are counted on the cluster once the lock is held (counting.py)
+    listed = list_inputs(inp.path, inp.skip_unknown_files, storage, count=False)
     files = require_columns(listed, required_columns(inp), inp.text_column)
     tasks = plan_tasks(files, inp.rows_per_task)
     try:

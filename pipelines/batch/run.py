@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from pipelines.batch.cluster import connect, plan_actors, start_actors
+from pipelines.batch.counting import count_inputs
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config
 from pipelines.batch.prepass import ReusePlan, collect_digests, meet_repeats, plan_reuse
@@ -52,6 +53,9 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
     state.acquire()
     try:
         state.check_fingerprint(job.fingerprint)
+        clock = time.monotonic()
+        job = count_inputs(job, stop)  # CSV and compressed shards, on the cluster
+        listing_s += time.monotonic() - clock
         state.write_config(resolved_config(job.config))
         state.write_plan([_plan_entry(t) for t in job.tasks])
         state.clear_success()

@@ -39,10 +39,14 @@ def file_format(name: str) -> str | None:
 
 
 def list_inputs(
-    path: str, skip_unknown: bool = False, storage: StorageSettings | None = None
+    path: str,
+    skip_unknown: bool = False,
+    storage: StorageSettings | None = None,
+    count: bool = True,
 ) -> list[InputFile]:
     """The shards of a location, in a stable order. A file of another kind is an error, or with
-    `skip_unknown` skipped with a warning."""
+    `skip_unknown` skipped with a warning. Without `count`, CSV and compressed shards are left
+    uncounted (rows None, no error) for the cluster to count (batch/counting.py)."""
     storage = storage or StorageSettings()
     found = _expand_remote(path, storage) if stores.is_remote(path) else _expand_local(path)
     if not found:
@@ -61,7 +65,7 @@ def list_inputs(
                 "input.skip_unknown_files: true to skip other files with a warning"
             )
         try:
-            rows, error = _rows(location, fmt, storage, size), None
+            rows, error = _rows(location, fmt, storage, size, count), None
         except InputError as err:
             # One corrupt shard must not stop the others: it becomes a task that fails.
             rows, error = None, str(err)
@@ -74,9 +78,14 @@ def list_inputs(
 Found = list[tuple[str, str, int, str]]  # location, key, size, version
 
 
-def _rows(location: str, fmt: str, storage: StorageSettings, size: int) -> int | None:
-    """The file's rows; None for JSON Lines split by bytes, which the digest pass counts."""
+def _rows(location: str, fmt: str, storage: StorageSettings, size: int, count: bool) -> int | None:
+    """The file's rows; None for JSON Lines split by bytes, which the digest pass counts, and
+    without `count` for the other text formats, which the cluster counts."""
     probe = InputFile(location, location, fmt, None, size, storage=storage)
+    if size and fmt != "parquet" and not count and not splits_by_bytes(probe):
+        if not stores.is_remote(location):
+            check_regular(Path(location))
+        return None
     if size and splits_by_bytes(probe):
         if not stores.is_remote(location):
             check_regular(Path(location))

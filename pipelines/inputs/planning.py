@@ -67,6 +67,11 @@ def plan_tasks(files: list[InputFile], rows_per_task: int) -> list[Task]:
     return tasks
 
 
+def needs_count(file: InputFile) -> bool:
+    """A CSV or compressed shard listed without its rows (batch/counting.py counts it)."""
+    return file.error is None and file.rows is None and not splits_by_bytes(file)
+
+
 def task_id(key: str, start: int, stop: int, unit: str = "") -> str:
     """unit: "" for a row range, "b" for a byte range."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_")[-48:] or "input"
@@ -123,7 +128,7 @@ def require_columns(
     checked, problems, out = 0, [], []
     for file in files:
         file = dataclasses.replace(file, text_column=text_column)
-        if file.error is None and (file.rows or (splits_by_bytes(file) and file.size)):
+        if file.error is None and file.size and file.rows != 0:  # None: counted later
             checked += 1
             if problem := _missing(file, keys):
                 problems.append(problem)

@@ -1,0 +1,98 @@
+"""Row counts of CSV and compressed shards, made on the cluster instead of in the driver.
+
+Uncompressed JSON Lines are cut by bytes and Parquet counts come from footers, but a CSV (whose
+fields may hold newlines) or a gzip/zstd stream has to be read to be counted. Listing leaves
+those uncounted; once the run holds its output, one Ray task per such file counts it, in
+parallel across the cluster, and the count is kept under `_state/counts/` keyed by the file's
+location, size and version, so a rerun reads nothing again. The driver holds a number per file.
+A file that cannot be read becomes a task that fails with the reason, as at listing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from typing import Any
+
+import ray
+
+from pipelines.batch.cluster import connect
+from pipelines.batch.preflight import Job
+from pipelines.inputs.planning import needs_count, plan_tasks
+from pipelines.inputs.readers import InputError, InputFile, count_rows
+from pipelines.interrupt import StopRequest
+from pipelines.output.faults import check_write
+from pipelines.storage.tree import Tree
+
+COUNTS = "_state/counts"
+
+log = logging.getLogger(__name__)
+
+
+def count_inputs(job: Job, stop: StopRequest) -> Job:
+    """The job with every shard counted and its tasks planned."""
+    todo = [f for f in job.files if needs_count(f)]
+    if not todo:
+        return job
+    out = Tree(job.config.output.path, job.storage, before_publish=check_write)
+    found: dict[str, int | str] = {}
+    for file in todo:
+        if (saved := _saved(out, file)) is not None:
+            found[file.path] = saved
+    asked = [f for f in todo if f.path not in found]
+    if asked:
+        log.info("counting the rows of %d CSV or compressed shard(s) on the cluster", len(asked))
+        connect()
+        stop.install()  # ray.init put its own SIGTERM handler in place of ours
+        for file, count in zip(
+            asked, _gather([_count.remote(f) for f in asked], stop), strict=True
+        ):
+            found[file.path] = count
+            if isinstance(count, int):
+                out.write_text(count_path(file), f"{count}\n")
+    files = with_counts(job.files, found)
+    return dataclasses.replace(
+        job, files=files, tasks=plan_tasks(files, job.config.input.rows_per_task)
+    )
+
+
+def with_counts(files: list[InputFile], found: dict[str, int | str]) -> list[InputFile]:
+    """The files with their counts (by path); a message instead of a count fails the file."""
+    counted = []
+    for file in files:
+        count = found.get(file.path)
+        if isinstance(count, int):
+            file = dataclasses.replace(file, rows=count)
+        elif isinstance(count, str):
+            file = dataclasses.replace(file, error=count)
+        counted.append(file)
+    return counted
+
+
+def count_path(file: InputFile) -> str:
+    name = hashlib.sha256(file.path.encode()).hexdigest()[:24]
+    identity = f"{file.size}.{file.version}" if file.version else str(file.size)
+    return f"{COUNTS}/{name}.{identity}.rows"
+
+
+def _saved(out: Tree, file: InputFile) -> int | None:
+    text = out.read_text(count_path(file))
+    return int(text) if text is not None and text.strip().isdigit() else None
+
+
+def _gather(refs: list[Any], stop: StopRequest) -> list[int | str]:
+    pending = list(refs)
+    while pending:
+        stop.check()
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+    return list(ray.get(refs))
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def _count(file: InputFile) -> int | str:
+    """Runs on the cluster: the file's rows, or why it cannot be read."""
+    try:
+        return count_rows(file.path, file.format, file.storage, file.size)
+    except InputError as err:
+        return str(err)
