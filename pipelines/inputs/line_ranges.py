@@ -24,6 +24,7 @@ from pipelines.storage import stores
 
 SAMPLE_BYTES = 1 << 20  # read from a file's start to size its ranges
 TAIL_BYTES = 1 << 16  # read at a time past a range's end, to finish its last line
+HINT_BYTES = 1 << 16  # read from a file's start for the type of a column a range has no value of
 
 
 def splits_by_bytes(file: InputFile) -> bool:
@@ -56,10 +57,33 @@ def read_line_range(file: InputFile, first: int, stop: int, columns: list[str]) 
     except Exception as err:
         raise parse_error(file, first, begin, err) from err
     missing = [c for c in columns if c not in frame.columns]
-    frame = frame.with_columns(pl.lit(None, pl.String).alias(c) for c in missing)
+    frame = frame.with_columns(pl.lit(None).alias(c) for c in missing)
+    frame = typed_nulls(file, frame.select(columns))
     if file.text_column in frame.columns:
         check_strings(file, first, frame, file.text_column, kept)
-    return frame.select(columns)
+    return frame
+
+
+def typed_nulls(file: InputFile, frame: pl.DataFrame) -> pl.DataFrame:
+    """A column with no value in this range takes the type the file's first lines give it (a
+    string where they give none): a part file typed `null` would stop readers of the whole
+    output (polars and pyarrow refuse to merge it with the other part files' type)."""
+    nulls = [c for c, t in frame.schema.items() if t == pl.Null]
+    if not nulls:
+        return frame
+    hint = sample_types(file)
+    return frame.with_columns(pl.col(c).cast(hint.get(c, pl.String)) for c in nulls)
+
+
+def sample_types(file: InputFile) -> dict[str, pl.DataType]:
+    """The column types of the complete lines in the file's first HINT_BYTES, nulls left out."""
+    data = read(file, 0, min(file.size, HINT_BYTES))
+    lines = [line for line in data[: data.rfind(b"\n") + 1].split(b"\n") if line.strip()]
+    try:
+        schema = pl.read_ndjson(io.BytesIO(b"\n".join(lines))).schema if lines else {}
+    except Exception:  # a bad line there is its own range's error, not this one's
+        return {}
+    return {c: t for c, t in schema.items() if t != pl.Null}
 
 
 def range_lines(file: InputFile, first: int, stop: int) -> tuple[int, list[tuple[int, bytes]]]:

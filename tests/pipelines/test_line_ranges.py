@@ -91,3 +91,19 @@ def test_rows_are_numbered_across_ranges_and_stop_after_one_that_failed(tmp_path
     assert set(unknown) == {tasks[2].task_id, tasks[3].task_id}
     assert "come after a part of the file that could not be read" in str(unknown[tasks[2].task_id])
     assert (numbered[0].start, numbered[0].stop) == (0, counts[tasks[0].task_id])
+
+
+def test_a_column_without_a_value_in_a_range_keeps_the_files_type(tmp_path):
+    path = tmp_path / "typed.jsonl"
+    rows = [{"id": f"r{i}", "text": "t", "score": i if i < 50 else None} for i in range(100)]
+    for row in rows[50:]:
+        del row["score"]  # absent, not null, in the second half
+    lines = [json.dumps(r) + "\n" for r in rows]
+    path.write_text("".join(lines))
+    (file,) = require_columns(list_inputs(str(path)), {"id": "input.id_column"}, "text")
+    columns, cut = ["id", "score", "never"], sum(len(line) for line in lines[:50])
+    first, second = (read_line_range(file, a, b, columns) for a, b in [(0, cut), (cut, file.size)])
+    # a part file typed null would stop pl.read_parquet over the whole output
+    expected = {"id": pl.String, "score": pl.Int64, "never": pl.String}
+    assert first.schema == second.schema == expected
+    assert second["score"].null_count() == second.height == 50
