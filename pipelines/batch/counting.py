@@ -11,7 +11,6 @@ A file that cannot be read becomes a task that fails with the reason, as at list
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from typing import Any
 
@@ -23,9 +22,8 @@ from pipelines.inputs.planning import needs_count, plan_tasks
 from pipelines.inputs.readers import InputError, InputFile, count_rows
 from pipelines.interrupt import StopRequest
 from pipelines.output.faults import check_write
+from pipelines.output.state import digest_path, location_name
 from pipelines.storage.tree import Tree
-
-COUNTS = "_state/counts"
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +69,7 @@ def with_counts(files: list[InputFile], found: dict[str, int | str]) -> list[Inp
 
 
 def count_path(file: InputFile) -> str:
-    name = hashlib.sha256(file.path.encode()).hexdigest()[:24]
-    identity = f"{file.size}.{file.version}" if file.version else str(file.size)
-    return f"{COUNTS}/{name}.{identity}.rows"
+    return digest_path("counts", location_name(file.path), file.size, file.version, "rows")
 
 
 def _saved(out: Tree, file: InputFile) -> int | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from pipelines.output.digest_files import (
     summary_of,
 )
 from pipelines.output.faults import check_write
-from pipelines.output.state import digest_path
+from pipelines.output.state import digest_path, location_name
 from pipelines.reindex.cache_from import CacheFile, cache_digest_file
 from pipelines.reindex.plan import (
     Reuse,
@@ -222,8 +221,7 @@ def digest_cache(
 
 
 def cache_digest_path(file: CacheFile) -> str:
-    name = hashlib.sha256(file.location.encode()).hexdigest()[:24]
-    return digest_path("cache", name, file.size, file.version)
+    return digest_path("cache", location_name(file.location), file.size, file.version)
 
 
 def cache_digest(_embedder: object, ask: CacheDigestRequest) -> tuple[int, DigestSummary | str]:

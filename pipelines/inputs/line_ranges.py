@@ -8,7 +8,8 @@ before it. Blank lines are no rows (as polars reads JSON Lines). Rows are number
 counts the digest pass finds (planning.py), so the driver never reads the file.
 
 Compressed files cannot be entered in the middle and CSV fields may hold quoted newlines, so
-only uncompressed JSON Lines are split this way; the other text formats are counted at listing.
+only uncompressed JSON Lines are split this way; the other text formats are counted on the
+cluster (batch/counting.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ import math
 
 import polars as pl
 
-from pipelines.inputs.readers import COERCED, REENCODE, InputError, InputFile
+from pipelines.inputs.readers import (
+    COERCED,
+    REENCODE,
+    InputError,
+    InputFile,
+    coerced_text_error,
+    is_json_array,
+    is_permission_error,
+    json_array_error,
+    permission_error,
+)
 from pipelines.storage import stores
 
 SAMPLE_BYTES = 1 << 20  # read from a file's start to size its ranges
@@ -118,11 +129,8 @@ def read(file: InputFile, offset: int, length: int) -> bytes:
     try:
         return stores.read_range(file.path, offset, length, file.storage)
     except Exception as err:
-        if isinstance(err, PermissionError) or "ermission denied" in str(err):
-            raise InputError(
-                f"{file.path}: permission denied; make it readable by the user that runs "
-                "embedpipe and its Ray workers"
-            ) from err
+        if is_permission_error(err):
+            raise permission_error(file.path) from err
         span = f"bytes {offset}-{offset + length}"
         raise InputError(f"{file.path}: cannot read {span}: {err}") from err
 
@@ -147,11 +155,8 @@ def check_utf8(file: InputFile, first: int, kept: list[tuple[int, int, bytes]]) 
 
 
 def parse_error(file: InputFile, first: int, begin: int, err: Exception) -> InputError:
-    if first == 0 and file.size and read(file, 0, min(file.size, 4096)).lstrip()[:1] == b"[":
-        return InputError(
-            f"{file.path} is a JSON array, not JSON Lines (one object per line); convert it, "
-            "e.g. jq -c '.[]' IN > OUT.jsonl"
-        )
+    if first == 0 and is_json_array(file.path, file.storage):
+        return json_array_error(file.path)
     return InputError(f"{file.path}: cannot read the lines from byte {begin} as JSON: {err}")
 
 
@@ -168,11 +173,5 @@ def check_strings(
         number, offset, line = kept[row]
         raw = json.loads(line).get(name)
         if not isinstance(raw, str | None):
-            kind = {bool: "boolean", int: "number", float: "number", dict: "object"}
-            place = where(file, first, number, offset)
             row_note = f" (row {row})" if first == 0 else ""
-            raise InputError(
-                f"{place}{row_note}: {name!r} is a JSON {kind.get(type(raw), 'array')}, "
-                f"{json.dumps(raw)[:40]}, not a string; polars would embed it as text. Write "
-                f"every {name!r} as a JSON string or null"
-            )
+            raise coerced_text_error(where(file, first, number, offset) + row_note, name, raw)

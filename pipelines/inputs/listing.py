@@ -22,6 +22,8 @@ from pipelines.inputs.readers import (
     InputFile,
     check_regular,
     count_rows,
+    is_json_array,
+    json_array_error,
 )
 from pipelines.storage import stores
 from pipelines.storage.settings import StorageSettings
@@ -81,19 +83,12 @@ Found = list[tuple[str, str, int, str]]  # location, key, size, version
 def _rows(location: str, fmt: str, storage: StorageSettings, size: int, count: bool) -> int | None:
     """The file's rows; None for JSON Lines split by bytes, which the digest pass counts, and
     without `count` for the other text formats, which the cluster counts."""
-    probe = InputFile(location, location, fmt, None, size, storage=storage)
-    if size and fmt != "parquet" and not count and not splits_by_bytes(probe):
+    by_bytes = splits_by_bytes(InputFile(location, location, fmt, None, size, storage=storage))
+    if size and fmt != "parquet" and (by_bytes or not count):
         if not stores.is_remote(location):
             check_regular(Path(location))
-        return None
-    if size and splits_by_bytes(probe):
-        if not stores.is_remote(location):
-            check_regular(Path(location))
-        if stores.read_range(location, 0, min(size, 4096), storage).lstrip()[:1] == b"[":
-            raise InputError(
-                f"{location} is a JSON array, not JSON Lines (one object per line); convert "
-                "it, e.g. jq -c '.[]' IN > OUT.jsonl"
-            )
+        if by_bytes and is_json_array(location, storage):
+            raise json_array_error(location)
         return None
     return count_rows(location, fmt, storage, size)
 

@@ -118,27 +118,51 @@ def read_error(
 ) -> InputError:
     """Says why a file cannot be read: permissions, bad UTF-8 (with its line), or polars' own."""
     storage = storage or StorageSettings()
-    if isinstance(err, PermissionError) or "ermission denied" in str(err):
-        return InputError(
-            f"{path}: permission denied; make it readable by the user that runs embedpipe "
-            "and its Ray workers"
-        )
+    if is_permission_error(err):
+        return permission_error(path)
     if stores.is_remote(str(path)) and not isinstance(err, pl.exceptions.ComputeError):
         return InputError(stores.explain(err, str(path)))
     if fmt != "parquet" and (where := first_bad_utf8(path, storage)) is not None:
         line, offset = where
         return InputError(f"{path}: line {line} (byte {offset}) is not valid UTF-8; {REENCODE}")
-    if fmt == "jsonl" and _starts_with(path, b"[", storage):
-        return InputError(
-            f"{path} is a JSON array, not JSON Lines (one object per line); convert it, e.g. "
-            "jq -c '.[]' IN > OUT.jsonl"
-        )
+    if fmt == "jsonl" and is_json_array(path, storage):
+        return json_array_error(path)
     return InputError(f"{path}: cannot read it as {fmt}: {err}")
 
 
-def _starts_with(path: str | Path, prefix: bytes, storage: StorageSettings) -> bool:
+def is_permission_error(err: Exception) -> bool:
+    return isinstance(err, PermissionError) or "ermission denied" in str(err)
+
+
+def permission_error(path: str | Path) -> InputError:
+    return InputError(
+        f"{path}: permission denied; make it readable by the user that runs embedpipe and its "
+        "Ray workers"
+    )
+
+
+def is_json_array(path: str | Path, storage: StorageSettings) -> bool:
+    """Whether the file (decompressed) starts with '[': one JSON document, not JSON Lines."""
     with stores.open_stream(str(path), storage) as stream:
-        return bool(stream.read(4096).lstrip().startswith(prefix))
+        return bool(stream.read(4096).lstrip().startswith(b"["))
+
+
+def json_array_error(path: str | Path) -> InputError:
+    return InputError(
+        f"{path} is a JSON array, not JSON Lines (one object per line); convert it, e.g. "
+        "jq -c '.[]' IN > OUT.jsonl"
+    )
+
+
+def coerced_text_error(place: str, name: str, value: object) -> InputError:
+    """A text column value that JSON holds as a number, boolean, object or array; `place` says
+    where (file and line)."""
+    kind = {bool: "boolean", int: "number", float: "number", dict: "object"}
+    return InputError(
+        f"{place}: {name!r} is a JSON {kind.get(type(value), 'array')}, "
+        f"{json.dumps(value)[:40]}, not a string; polars would embed it as text. Write every "
+        f"{name!r} as a JSON string or null"
+    )
 
 
 def _lines(path: str | Path, storage: StorageSettings) -> Iterator[bytes]:
@@ -237,12 +261,7 @@ def check_json_strings(file: InputFile, frame: pl.DataFrame, name: str, start: i
     suspects = [i for i, v in enumerate(values) if v is not None and COERCED.fullmatch(v)]
     for row, line, value in _raw_values(file, start, suspects, name):
         if not isinstance(value, str | None):
-            kind = {bool: "boolean", int: "number", float: "number", dict: "object"}
-            raise InputError(
-                f"{file.path}: line {line} (row {start + row}): {name!r} is a JSON "
-                f"{kind.get(type(value), 'array')}, {json.dumps(value)[:40]}, not a string; "
-                f"polars would embed it as text. Write every {name!r} as a JSON string or null"
-            )
+            raise coerced_text_error(f"{file.path}: line {line} (row {start + row})", name, value)
 
 
 def _raw_values(

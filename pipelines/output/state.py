@@ -16,6 +16,7 @@ lease object renewed while the run lives (lease.py): a killed run's lock expires
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -205,9 +206,16 @@ def _flock(state: Path) -> IO[str]:
     return handle
 
 
-def digest_path(kind: str, task_id: str, input_size: int, version: str = "") -> str:
-    """Where below OUT a task's digests of `kind` are cached: keyed by the input's size and
-    version as well, the rule the done markers use, so a shard edited between two runs is
-    read again."""
+def digest_path(
+    kind: str, name: str, input_size: int, version: str = "", suffix: str = "dig"
+) -> str:
+    """Where below OUT what was read from an input is cached (a task's digests of `kind`,
+    output/digest_files.py; a file's row count): keyed by the input's size and version as
+    well, the rule the done markers use, so a file edited between two runs is read again."""
     identity = f"{input_size}.{version}" if version else str(input_size)
-    return f"{STATE}/{kind}/{task_id}.{identity}.dig"  # output/digest_files.py
+    return f"{STATE}/{kind}/{name}.{identity}.{suffix}"
+
+
+def location_name(location: str) -> str:
+    """A file name for a file named by its whole location (any length, any characters)."""
+    return hashlib.sha256(location.encode()).hexdigest()[:24]

@@ -333,18 +333,7 @@ def parquet_metadata(location: str, settings: StorageSettings) -> pq.FileMetaDat
     return pq.read_metadata(location)
 
 
-def parquet_schema(location: str, settings: StorageSettings) -> pa.Schema:
-    import pyarrow.parquet as pq
-
-    if is_remote(location):
-        with open_input(location, settings) as f:
-            return pq.read_schema(f)
-    return pq.read_schema(location)
-
-
 def read_parquet(location: str, settings: StorageSettings, columns: list[str]) -> pa.Table:
-    import pyarrow.parquet as pq
-
     if is_remote(location):
         with open_input(location, settings) as f:
             return pq.read_table(f, columns=columns)
