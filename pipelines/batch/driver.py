@@ -14,7 +14,9 @@
 - Actors that do not come back (their node is gone and no other has room) are waited for at
   most `stall_s`; then the run stops with the resource they need, instead of hanging.
 - Under use_cache a task that copies texts from earlier tasks of the run (reindex/plan.py) is held
-  back until those are settled; the queue goes on with the tasks that are ready meanwhile.
+  back until every task up to the latest of those is settled (one number a task, where its
+  whole list of owners could make tasks squared); the queue goes on with the tasks that are
+  ready meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -41,7 +44,6 @@ from pipelines.inputs.readers import InputError
 from pipelines.interrupt import StopRequest
 from pipelines.output.markers import DoneMarker, FailedMarker
 from pipelines.output.state import RunState
-from pipelines.reindex.plan import Reuse
 from workers.actor import CONCURRENT_TASKS
 
 log = logging.getLogger(__name__)
@@ -71,12 +73,11 @@ class Driver:
     ) -> None:
         self.job, self.state, self.progress = job, state, progress
         plans = plans or TaskPlans()
-        self.repeats, self.reuse = plans.repeats, plans.reuse.reuse
-        self.shares = plans.reuse.shares
-        # part files of the tasks done before this run: later tasks copy their vectors from
-        # there; tasks of this run hand theirs on in share files (reindex/shares.py)
-        self.part_files = {k: v.part_paths(state.out) for k, v in state.done().items()}
-        self.settled = set(self.part_files)
+        self.repeats, self.latest = plans.repeats, plans.reuse.latest
+        self.links = plans.reuse.refs
+        # by position in run order: settled (done before this run, done or failed in it)
+        self.settled = np.ones(len(self.latest), bool)
+        self.settled_upto = 0  # every position below it is settled
         self.max_retries, self.backoff_s = job.config.run.max_retries, backoff_s
         self.stop = stop or StopRequest()
         self.stall_s = job.config.run.wait_timeout_s
@@ -111,6 +112,10 @@ class Driver:
                 cause = getattr(err, "cause", None) or err
                 self.fail(task, err, f"its ids could not be read: {cause}")
         self.queue.extend(t for t in tasks if t.file.error is None and t.task_id not in unread)
+        for task in self.queue:
+            if 0 <= (position := self._position(task)) < len(self.settled):
+                self.settled[position] = False
+        self._advance()
         started = time.monotonic()
         try:
             self._loop()
@@ -159,27 +164,36 @@ class Driver:
         while self.idle and (task := self.next_ready()) is not None:
             actor = self.idle.pop()
             call = actor.call_with.remote(
-                run_task, self.spec(task), *self.repeats.refs, *self.shares
+                run_task, self.spec(task), *self.repeats.refs, *self.links
             )
             self.in_flight[call] = (actor, task)
 
     def next_ready(self) -> Task | None:
-        """The first queued task whose owners (reindex/plan.py) are all settled, taken off the
-        queue."""
+        """The first queued task whose latest owner (reindex/plan.py) and every task before it
+        are settled, taken off the queue."""
         for at, task in enumerate(self.queue):
-            if all(o in self.settled for o in self.reuse.get(task.task_id, Reuse()).owners):
+            position = self._position(task)
+            if not 0 <= position < len(self.latest) or self.latest[position] < self.settled_upto:
                 del self.queue[at]
                 return task
         return None
 
+    def _position(self, task: Task) -> int:
+        return self.repeats.positions.get(task.task_id, -1)
+
+    def _settle(self, task: Task) -> None:
+        if 0 <= (position := self._position(task)) < len(self.settled):
+            self.settled[position] = True
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.settled_upto < len(self.settled) and self.settled[self.settled_upto]:
+            self.settled_upto += 1
+
     def spec(self, task: Task) -> TaskSpec:
-        reuse = self.reuse.get(task.task_id, Reuse())
-        run_files = tuple(f for o in reuse.owners for f in self.part_files.get(o, ()))
-        spec = self.job.spec(task, None, reuse.cache_files, run_files)
         return dataclasses.replace(
-            spec,
-            position=self.repeats.positions.get(task.task_id, -1),
-            share_owners=tuple(o for o in reuse.owners if o not in self.part_files),
+            self.job.spec(task),
+            position=self._position(task),
             repeat_refs=len(self.repeats.refs),
         )
 
@@ -213,7 +227,7 @@ class Driver:
             return
         self.idle.append(actor)
         self.state.mark_done(marker)
-        self.settled.add(task.task_id)
+        self._settle(task)
         self.device_s += marker.seconds.get("device", 0.0)
         self.progress.task_done(marker)
 
@@ -262,7 +276,7 @@ class Driver:
         heapq.heappush(self.retries, (time.monotonic() + delay, next(self._order), task))
 
     def fail(self, task: Task, err: Exception, reason: str) -> None:
-        self.settled.add(task.task_id)  # tasks waiting on it embed its texts themselves
+        self._settle(task)  # tasks waiting on it embed its texts themselves
         cause = getattr(err, "cause", None) or err
         self.state.mark_failed(
             FailedMarker(

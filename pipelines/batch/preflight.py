@@ -44,13 +44,7 @@ class Job:
     prompt: str = ""  # the model's prompt for the configured prompt_name
     storage: StorageSettings = field(default_factory=StorageSettings)
 
-    def spec(
-        self,
-        task: Task,
-        repeats: dict[int, str] | None = None,
-        cache_files: tuple[str, ...] = (),
-        run_files: tuple[str, ...] = (),
-    ) -> TaskSpec:
+    def spec(self, task: Task) -> TaskSpec:
         inp, out = self.config.input, self.config.output
         return TaskSpec(
             task=task,
@@ -61,11 +55,8 @@ class Job:
             partition_by=tuple(out.partition_by),
             options=self.config.embedding.options(),
             fingerprint=json.dumps(self.fingerprint, sort_keys=True),
-            repeats=repeats or {},
             prompt=self.prompt,
             use_cache=self.config.run.use_cache,
-            cache_files=cache_files,
-            run_files=run_files,
             storage=self.storage,
         )
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,17 +47,19 @@ from pipelines.output.faults import check_write
 from pipelines.output.state import digest_path, location_name
 from pipelines.reindex.cache_from import CacheFile, cache_digest_file
 from pipelines.reindex.plan import (
-    Reuse,
     TextMeetRequest,
-    assemble,
+    latest_owners,
     meet_texts,
     text_digest_file,
 )
 from pipelines.reindex.shares import waiter_key
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
+from workers.actor import CONCURRENT_TASKS
 
 log = logging.getLogger(__name__)
+
+AHEAD = CONCURRENT_TASKS + 1  # calls waiting on one actor: enough that it never idles
 
 
 @dataclass(frozen=True)
@@ -87,33 +90,19 @@ class Digests:
 
 def collect_digests(job: Job, actors: list[Any], tasks: list[Task], stop: StopRequest) -> Digests:
     """Every readable task of `tasks` digested by the actors that answer."""
-    run = job.config.run
     found = Digests()
-    deaths: dict[str, int] = {}
     todo = [t for t in tasks if t.file.error is None]
-    while todo:
-        stop.check()
-        live = live_actors(actors, run.wait_timeout_s, stop)
-        calls = [
-            (live[i % len(live)].call.remote(digest_task, request(job, task)), task)
-            for i, task in enumerate(todo)
-        ]
-        todo = []
-        for ref, task in calls:
-            try:
-                found.ids[task.task_id], digest = ray.get(ref)
-                if digest is not None:
-                    found.texts[task.task_id] = digest
-            except RayActorError as err:
-                deaths[task.task_id] = deaths.get(task.task_id, 0) + 1
-                if deaths[task.task_id] > run.max_retries:
-                    raise ClusterError(
-                        f"the ids of {task.task_id} could not be read: its actor died "
-                        f"{deaths[task.task_id]} times (last: {err}). Rerun to try again"
-                    ) from err
-                todo.append(task)
-            except RayTaskError as err:
-                found.unread[task.task_id] = err
+    asks = [request(job, task) for task in todo]
+    send = functools.partial(_call, fn=digest_task, fetched=(), returns=1)
+    for i, (ref,) in answers(actors, asks, send, job.config.run, stop, "reading the ids"):
+        task = todo[i]
+        try:
+            found.ids[task.task_id], digest = ray.get(ref)
+        except RayTaskError as err:
+            found.unread[task.task_id] = err
+            continue
+        if digest is not None:
+            found.texts[task.task_id] = digest
     return found
 
 
@@ -152,11 +141,11 @@ def meet_repeats(
 
 @dataclass(frozen=True)
 class ReusePlan:
-    """use_cache: per task id what it copies, and where the owners find what they hand on."""
+    """use_cache: by position, the latest earlier task each task waits for (-1: none), and
+    where every task learns its sources and what it hands on (reindex/plan.py's RunLinks)."""
 
-    reuse: dict[str, Reuse] = field(default_factory=dict)
-    # ObjectRefs: the waiter keys in run order, then one SHARE table per bucket (shares.py)
-    shares: tuple[Any, ...] = ()
+    latest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    refs: tuple[Any, ...] = ()  # ObjectRefs, as RunLinks.of reads them
 
 
 def plan_reuse(
@@ -165,10 +154,12 @@ def plan_reuse(
     digests: Digests,
     repeats: RepeatTables,
     cache: tuple[CacheFile, ...],
+    done: dict[str, tuple[str, ...]],
     stop: StopRequest,
 ) -> ReusePlan:
-    """use_cache: per task, the cache files and earlier tasks it copies vectors from
-    (reindex/plan.py), one actor call per bucket of the text hashes."""
+    """use_cache: which cache files and earlier tasks each task copies vectors from
+    (reindex/plan.py), one actor call per bucket of the text hashes; `done` are the part files
+    of the tasks done before this run."""
     ready = sorted(repeats.positions, key=repeats.positions.__getitem__)
     if not ready:
         return ReusePlan()
@@ -187,11 +178,20 @@ def plan_reuse(
         for b in range(buckets)
     ]
     tables = repeats.refs[1:]
-    counts, found = call_each(actors, meet_texts, asks, job.config.run, stop, tables, returns=3)
+    counts, found = call_each(actors, meet_texts, asks, job.config.run, stop, tables, returns=5)
     log.info("use_cache: %d copy relation(s) planned in %d bucket(s)", sum(counts), buckets)
-    keys = ray.put(np.array([waiter_key(t) for t in ready], dtype=np.uint64))
-    reuse = assemble(ready, ray.get([pairs for pairs, _ in found]), locations)
-    return ReusePlan(reuse, (keys, *(shares for _, shares in found)))
+    latest = latest_owners(len(ready), (ray.get(f[0]) for f in found))  # one bucket at a time
+    done_at = {repeats.positions[t]: files for t, files in done.items() if t in repeats.positions}
+    refs = (
+        ray.put(np.array([waiter_key(t) for t in ready], dtype=np.uint64)),
+        ray.put(np.array([t.encode() for t in ready], dtype=np.bytes_)),
+        ray.put(done_at),
+        ray.put(locations),
+        *(f[3] for f in found),
+        *(f[1] for f in found),
+        *(f[2] for f in found),
+    )
+    return ReusePlan(latest, refs)
 
 
 @dataclass(frozen=True)
@@ -249,38 +249,71 @@ def call_each(
     returns: int = 2,
 ) -> tuple[list[int], list[Any]]:
     """fn(ask, *fetched) on the actors, for every ask: each call's count, read, and its result
-    (with `returns` above 2, its results), left in the object store. A call whose actor died
-    goes again, up to run.max_retries times."""
+    (with `returns` above 2, its results), left in the object store."""
     counts: list[int] = [0] * len(asks)
     results: list[Any] = [None] * len(asks)
+    send = functools.partial(_call, fn=fn, fetched=fetched, returns=returns)
+    for i, (count, *result) in answers(actors, asks, send, run, stop, "meeting the digests"):
+        counts[i], results[i] = ray.get(count), result[0] if returns == 2 else result
+    return counts, results
+
+
+def answers(
+    actors: list[Any],
+    asks: list[Any],
+    send: Callable[..., Any],
+    run: Any,
+    stop: StopRequest,
+    doing: str,
+) -> Iterator[tuple[int, list[Any]]]:
+    """send(actor, ask) for every ask, with at most AHEAD calls waiting on each actor that
+    answers (a million tasks sent at once would hold a million call specs in the driver); each
+    ask's number and refs, in the order the calls end. A call whose actor died goes again, up
+    to run.max_retries times; then the run stops with a ClusterError."""
     deaths = [0] * len(asks)
-    todo = list(range(len(asks)))
-    while todo:
+    todo = deque(range(len(asks)))
+    waiting: dict[Any, tuple[int, list[Any], Any]] = {}  # first ref -> (ask, refs, actor)
+    load: Counter[Any] = Counter()
+    while todo or waiting:
         stop.check()
-        live = live_actors(actors, run.wait_timeout_s, stop)
-        calls = [
-            (_call(live[n % len(live)], fn, asks[i], fetched, returns), i)
-            for n, i in enumerate(todo)
-        ]
-        todo = []
-        for (count, *result), i in calls:
+        if todo and not load:
+            live = live_actors(actors, run.wait_timeout_s, stop)
+            load = Counter({a: 0 for a in live})
+            load.update(a for *_, a in waiting.values() if a in load)
+        while todo and load and min(load.values()) < AHEAD:
+            actor = min(load, key=load.__getitem__)
+            i = todo.popleft()
+            refs = send(actor, asks[i])
+            refs = refs if isinstance(refs, list) else [refs]
+            waiting[refs[0]] = (i, refs, actor)
+            load[actor] += 1
+        ended, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+        for ref in ended:
+            i, refs, actor = waiting.pop(ref)
+            if actor in load:
+                load[actor] -= 1
             try:
-                counts[i], results[i] = ray.get(count), result[0] if returns == 2 else result
+                ray.get(ref)
             except RayActorError as err:
                 deaths[i] += 1
                 if deaths[i] > run.max_retries:
                     raise ClusterError(
-                        f"the repeated ids could not be found: an actor died {deaths[i]} times "
-                        f"meeting the ids (last: {err}). Rerun to try again"
+                        f"{doing}: an actor died {deaths[i]} times (last: {err}). Rerun to try "
+                        "again"
                     ) from err
                 todo.append(i)
-    return counts, results
+                load = Counter()  # ask again which actors answer
+                continue
+            except RayTaskError:
+                pass  # the caller's to read
+            yield i, refs
 
 
-def _call(actor: Any, fn: Callable, ask: Any, fetched: tuple[Any, ...], returns: int) -> Any:
-    if fetched:
-        return actor.call_with.options(num_returns=returns).remote(fn, ask, *fetched)
-    return actor.call.options(num_returns=returns).remote(fn, ask)
+def _call(actor: Any, ask: Any, fn: Callable, fetched: tuple[Any, ...], returns: int) -> Any:
+    method = actor.call_with if fetched else actor.call
+    if returns != 1:
+        method = method.options(num_returns=returns)
+    return method.remote(fn, ask, *fetched)
 
 
 def request(job: Job, task: Task) -> DigestRequest:

@@ -180,7 +180,10 @@ def drive(
     total = sum(t.rows for t in order)
     progress = Progress(total, total - sum(t.rows for t in todo))
     repeats = meet_repeats(job, actors, order, digests, stop)
-    reuse = plan_reuse(job, actors, digests, repeats, index, stop) if run.use_cache else None
+    reuse = None
+    if run.use_cache:  # owners done before this run hand on their part files
+        done = {k: v.part_paths(state.out) for k, v in state.done().items()}
+        reuse = plan_reuse(job, actors, digests, repeats, index, done, stop)
     usage["seconds_prepass"] = time.monotonic() - clock
     plans = TaskPlans(repeats, reuse or ReusePlan())
     driver = Driver(job, state, actors, progress, plans, stop)

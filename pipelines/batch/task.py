@@ -36,6 +36,7 @@ from pipelines.reindex.embed_or_copy import (
     read_handed,
     read_known,
 )
+from pipelines.reindex.plan import RunLinks, Sources
 from pipelines.reindex.shares import Shared, share_file, share_path, shared_rows, waiter_key
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
@@ -62,22 +63,24 @@ class TaskSpec:
     position: int = -1  # in run order, for the repeat tables of repeated_ids.py
     prompt: str = ""  # what text_hash puts before each text
     use_cache: bool = False
-    cache_files: tuple[str, ...] = ()  # cache_from part files that hold some of its texts
-    run_files: tuple[str, ...] = ()  # part files of tasks done before this run, with its texts
-    share_owners: tuple[str, ...] = ()  # tasks of this run that hand it vectors (shares.py)
+    # where it copies vectors from; under a planned run, set on the actor from RunLinks
+    sources: Sources = field(default_factory=Sources)
     repeat_refs: int = 0  # how many of the objects fetched for it are repeated_ids.py's
     storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
 
 
 def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
     """fetched: where the run's repeated ids are (the input files' keys, then one table per
-    bucket; repeated_ids.py), without which spec.repeats holds them; then under use_cache what
-    this task hands on (the waiter keys, then one SHARE table per bucket; shares.py)."""
+    bucket; repeated_ids.py), without which spec.repeats holds them; then under use_cache where
+    it copies from and what it hands on (reindex/plan.py's RunLinks)."""
     task, clock = spec.task, time.perf_counter()
     if spec.repeat_refs:
         keys, *tables = fetched[: spec.repeat_refs]
         repeats = repeats_of(spec.position, tuple(tables), keys)
         spec = dataclasses.replace(spec, repeats=repeats)
+    links = RunLinks.of(fetched[spec.repeat_refs :]) if len(fetched) > spec.repeat_refs else None
+    if links is not None:
+        spec = dataclasses.replace(spec, sources=links.sources(spec.position))
     columns = list(dict.fromkeys([spec.id_column, spec.text_column, *spec.keep_columns]))
     frame = read_task(task, columns)
     read_s, clock = time.perf_counter() - clock, time.perf_counter()
@@ -104,9 +107,9 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
     )
-    if len(fetched) > spec.repeat_refs:  # before the part files: waiters start once it is done
-        waiters, *shares = fetched[spec.repeat_refs :]
-        hand_on(spec, shared_rows(spec.position, waiters, shares, np.array(live), digest, found))
+    if links is not None:  # before the part files: waiters start once it is done
+        shared = shared_rows(spec.position, links.keys, links.shares, np.array(live), digest, found)
+        hand_on(spec, shared)
     files = write_parts(table, spec)
     files += write_rejects(ids, reasons, spec)
     write_s = time.perf_counter() - clock
@@ -134,10 +137,11 @@ def resolve(
     if not spec.use_cache:
         return embed_all(embedder, texts, spec.options)
     dim = embedder.card.dim
-    cache = read_known(spec.cache_files, digest.hashes, dim, spec.storage)
-    done = read_known(spec.run_files, digest.hashes, dim, spec.storage)
+    sources = spec.sources
+    cache = read_known(sources.cache_files, digest.hashes, dim, spec.storage)
+    done = read_known(sources.run_files, digest.hashes, dim, spec.storage)
     key = waiter_key(spec.task.task_id)
-    handed = read_handed(out_tree(spec), spec.share_owners, key, dim)
+    handed = read_handed(out_tree(spec), sources.share_owners, key, dim)
     run = known_of([(done.hashes, done.rows), (handed.hashes, handed.rows)], dim)
     return embed_or_copy(embedder, texts, digest, spec.options, cache, run)
 

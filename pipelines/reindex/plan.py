@@ -12,14 +12,19 @@ have none), so the driver never reads a text. Then one actor call per bucket of 
 
 So each distinct text of the run is embedded once, by the first task that has it. A task that
 waits only ever waits on earlier tasks, so there is no cycle; and when the task it waits on
-fails for good, it embeds those texts itself (as it does for any text it cannot find). The
-meets return pairs (task, cache file) and (task, earlier task); the driver keeps those, per task.
-The rows behind each pair (which owner row a waiter copies) stay in the object store.
+fails for good, it embeds those texts itself (as it does for any text it cannot find).
+
+The links (task, cache file) and (task, earlier task) can number tasks squared, so they stay in
+Ray's object store as LINK tables sorted by task, and each task finds its own there when it runs
+(`RunLinks`). The driver keeps one number a task: the latest earlier task it waits for, and
+starts it once every task up to that one is settled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,13 +41,54 @@ from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 from workers.text_hash import locate, text_hashes
 
+# A task (by position in run order) and a source of some of its vectors: a cache file's number,
+# or the position of an earlier task; tables of them are sorted by task, then source.
+LINK = np.dtype([("task", "<u4"), ("source", "<u4")])
+
 
 @dataclass(frozen=True)
-class Reuse:
-    """What one task copies instead of embedding, as the driver planned it."""
+class Sources:
+    """Where one task copies vectors from instead of embedding them."""
 
     cache_files: tuple[str, ...] = ()  # cache_from part files holding some of its texts
-    owners: tuple[str, ...] = ()  # earlier tasks of this run holding some of its texts
+    run_files: tuple[str, ...] = ()  # part files of earlier tasks done before this run
+    share_owners: tuple[str, ...] = ()  # earlier tasks of this run, by their share files
+
+
+@dataclass(frozen=True)
+class RunLinks:
+    """What every task of a use_cache run reads (from Ray's object store) to learn its sources
+    and what it hands on; `refs` and `of` flatten it to and from a call's arguments."""
+
+    keys: np.ndarray  # waiter keys by position (shares.py)
+    names: np.ndarray  # task ids by position, UTF-8
+    done: dict[int, tuple[str, ...]]  # by position: part files of the tasks done before this run
+    cache_files: tuple[str, ...]  # by number
+    shares: tuple[np.ndarray, ...]  # one SHARE table per bucket
+    copies: tuple[np.ndarray, ...]  # one LINK table per bucket, to cache files
+    waits: tuple[np.ndarray, ...]  # one LINK table per bucket, to earlier tasks
+
+    @classmethod
+    def of(cls, fetched: tuple[Any, ...]) -> RunLinks:
+        keys, names, done, cache_files, *tables = fetched
+        b = len(tables) // 3
+        shares, copies, waits = tables[:b], tables[b : 2 * b], tables[2 * b :]
+        return cls(keys, names, done, cache_files, tuple(shares), tuple(copies), tuple(waits))
+
+    def sources(self, position: int) -> Sources:
+        owners = linked(position, self.waits)
+        name = [self.names[o].decode() for o in owners if o not in self.done]
+        return Sources(
+            tuple(self.cache_files[f] for f in linked(position, self.copies)),
+            tuple(f for o in owners for f in self.done.get(o, ())),
+            tuple(name),
+        )
+
+
+def linked(position: int, tables: tuple[np.ndarray, ...]) -> list[int]:
+    """The sources of the task at `position` in every bucket's LINK table, in order."""
+    found = [t[slice(*np.searchsorted(t["task"], [position, position + 1]))] for t in tables]
+    return np.unique(np.concatenate([*found, np.zeros(0, LINK)])["source"]).tolist()
 
 
 @dataclass(frozen=True)
@@ -64,11 +110,12 @@ def text_digest_file(prompt: str, texts: list[object], ids: list[str | None]) ->
 
 def meet_texts(
     _embedder: object, ask: TextMeetRequest, *repeat_tables: np.ndarray
-) -> tuple[int, tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """Runs on an actor: for one bucket of the text hashes, the pairs (task, cache file number)
-    of the rows a cache file holds, and (task, earlier task) of the rows whose text an earlier
-    task embeds; and the SHARE table (shares.py) of which owner row each waiter copies. The
-    rows in `repeat_tables` (batch/repeated_ids.py) are left out."""
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs on an actor: for one bucket of the text hashes, its number of links; per waiting
+    task its latest owner (a LINK table); the LINK tables of (task, cache file number) for the
+    rows a cache file holds and of (task, earlier task) for the rows whose text an earlier task
+    embeds; and the SHARE table (shares.py) of which owner row each waiter copies. The rows in
+    `repeat_tables` (batch/repeated_ids.py) are left out."""
     records, positions = read_bucket(Tree(ask.out, ask.storage), ask.parts)
     repeated = [row_keys(t["task"], t["row"]) for t in repeat_tables]
     keep = ~np.isin(
@@ -77,14 +124,14 @@ def meet_texts(
     records, positions = records[keep], positions[keep]
     cached = cache_lookup(Tree(ask.out, ask.storage), ask.cache, as_hashes(records))
     hit = cached >= 0
-    copies = pairs(positions[hit], cached[hit])
+    copies = links(positions[hit], cached[hit])
     fresh_records, fresh_positions = records[~hit], positions[~hit]
     later, first = first_occurrences(fresh_records, fresh_positions)
     owner, waiter = fresh_positions[first], fresh_positions[later]
     other = owner != waiter  # a text repeated inside one task is embedded once there
-    waits = pairs(waiter[other], owner[other])
+    waits = links(waiter[other], owner[other])
     shares = shares_table(owner[other], fresh_records["row"][first][other], waiter[other])
-    return len(copies) + len(waits), (copies, waits), shares
+    return len(copies) + len(waits), latest(waits), copies, waits, shares
 
 
 def cache_lookup(out: Tree, cache: tuple[Part, ...], hashes: np.ndarray) -> np.ndarray:
@@ -102,26 +149,23 @@ def cache_lookup(out: Tree, cache: tuple[Part, ...], hashes: np.ndarray) -> np.n
     return found
 
 
-def pairs(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """The distinct (left, right) pairs, sorted."""
-    if len(left) == 0:
-        return np.zeros((0, 2), np.int64)
-    return np.unique(np.stack([left.astype(np.int64), right.astype(np.int64)], axis=1), axis=0)
+def links(tasks: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """The distinct (task, source) pairs as a LINK table, sorted."""
+    table = np.empty(len(tasks), LINK)
+    table["task"], table["source"] = tasks, sources
+    return np.unique(table)
 
 
-def assemble(
-    task_ids: list[str], found: list[tuple[np.ndarray, np.ndarray]], files: tuple[str, ...]
-) -> dict[str, Reuse]:
-    """Per task (by position in run order), its Reuse from every bucket's pairs."""
-    copies = pairs(*np.concatenate([c for c, _ in found] or [np.zeros((0, 2))]).T)
-    waits = pairs(*np.concatenate([w for _, w in found] or [np.zeros((0, 2))]).T)
-    cache_files: dict[int, list[str]] = {}
-    for task, file in copies.tolist():
-        cache_files.setdefault(task, []).append(files[file])
-    owners: dict[int, list[str]] = {}
-    for task, owner in waits.tolist():
-        owners.setdefault(task, []).append(task_ids[owner])
-    return {
-        task_id: Reuse(tuple(cache_files.get(i, ())), tuple(owners.get(i, ())))
-        for i, task_id in enumerate(task_ids)
-    }
+def latest(waits: np.ndarray) -> np.ndarray:
+    """Of a sorted LINK table, each task's last source."""
+    if len(waits) == 0:
+        return waits
+    return waits[np.r_[waits["task"][1:] != waits["task"][:-1], True]]
+
+
+def latest_owners(tasks: int, found: Iterable[np.ndarray]) -> np.ndarray:
+    """By position, the latest earlier task each task waits for in any bucket, or -1."""
+    owner = np.full(tasks, -1, np.int64)
+    for table in found:
+        np.maximum.at(owner, table["task"].astype(np.int64), table["source"].astype(np.int64))
+    return owner

@@ -20,13 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from pipelines.batch.cluster import ClusterError
-from pipelines.batch.driver import Driver
+from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job
+from pipelines.batch.prepass import RepeatTables, ReusePlan
 from pipelines.batch.progress import Progress
 from pipelines.config import Config
 from pipelines.inputs.planning import Task, plan_tasks
@@ -229,6 +231,36 @@ def test_an_input_error_fails_at_once_without_retry(tmp_path, monkeypatch):
     assert (failed.error_type, failed.attempts) == ("InputError", 1)
     assert failed.message == "InputError: a.csv: line 3 is not JSON"
     assert set(driver.state.done()) == {b}
+
+
+# Tasks that copy vectors from earlier ones (use_cache)
+
+
+def test_a_task_copying_from_earlier_ones_starts_once_all_up_to_its_latest_owner_settle(
+    tmp_path, monkeypatch
+):
+    job = make_job(tmp_path, tasks=4, max_retries=1)
+    a, b, c, d = ids(job)
+    cluster = FakeCluster(monkeypatch, {a: [raised(OSError("connection reset"))] * 2})
+    # c copies texts from a, d from c (reindex/plan.py); a fails for good
+    positions = {t: i for i, t in enumerate(ids(job))}
+    plans = TaskPlans(RepeatTables(positions), ReusePlan(np.array([-1, -1, 0, 2])))
+    progress = Progress(sum(t.rows for t in job.tasks), 0, stream=io.StringIO())
+    state = RunState(job.config.output.path)
+    driver = Driver(job, state, [cluster.actor("x")], progress, plans, backoff_s=BACKOFF_S)
+    settled_at_start: dict[str, set[str]] = {}
+    call = cluster.call
+
+    def watched(actor: FakeActor, task: Task) -> FakeRef:
+        settled_at_start.setdefault(task.task_id, set(state.done()) | set(state.failed()))
+        return call(actor, task)
+
+    cluster.call = watched  # type: ignore[method-assign]
+    driver.run(job.tasks)
+    assert a not in settled_at_start[b]  # b copies nothing: it does not wait on a's retry
+    assert a in settled_at_start[c]  # settled, even failed: c then embeds a's texts itself
+    assert {a, b, c} <= settled_at_start[d]
+    assert set(state.done()) == {b, c, d} and set(state.failed()) == {a}
 
 
 # Actors that die

@@ -24,9 +24,10 @@ from pipelines.output.digest_files import bucket_parts, groups_of
 from pipelines.output.part_files import embeddings_table, write_parquet_atomic
 from pipelines.reindex.cache_from import open_cache
 from pipelines.reindex.plan import (
+    RunLinks,
     TextMeetRequest,
-    assemble,
     cache_lookup,
+    latest_owners,
     meet_texts,
     text_digest_file,
 )
@@ -131,16 +132,29 @@ def digest_cache_here(tmp_path, files):
     return summaries, tuple(f.location for f in files)
 
 
-def plan(tmp_path, order, texts, ids, cache=(), buckets=1):
-    """What the driver plans (batch/prepass.py), with the actors' functions called here: digest
-    files, then the id meets, then the text meets, for `buckets` buckets each."""
+def plan(tmp_path, order, texts, ids, cache=(), buckets=1, done=None):
+    """What each task learns of its sources on its actor (reindex/plan.py's RunLinks), from
+    what the driver plans (batch/prepass.py) with the actors' functions called here: digest
+    files, then the id meets, then the text meets, for `buckets` buckets each. `done`: by
+    position, the part files of tasks done before the run."""
     found = text_meets(tmp_path, order, texts, ids, cache, buckets)
     _, locations = digest_cache_here(tmp_path, cache)
-    return assemble([t.task_id for t in order], [pairs for _, pairs, _ in found], locations)
+    names = [t.task_id for t in order]
+    links = RunLinks(
+        np.zeros(len(names), np.uint64),
+        np.array([n.encode() for n in names]),
+        done or {},
+        locations,
+        tuple(f[4] for f in found),
+        tuple(f[2] for f in found),
+        tuple(f[3] for f in found),
+    )
+    return {n: links.sources(i) for i, n in enumerate(names)}
 
 
 def text_meets(tmp_path, order, texts, ids, cache, buckets):
-    """Every bucket's answer from meet_texts: (count, pairs, SHARE table)."""
+    """Every bucket's answer from meet_texts: (count, latest owners, cache links, owner links,
+    SHARE table)."""
     cached, _ = digest_cache_here(tmp_path, cache)
     out = Tree(str(tmp_path / "out"))
     id_files, text_files = [], []
@@ -169,9 +183,20 @@ def test_the_first_task_with_a_text_embeds_it_and_later_ones_wait_for_it(tmp_pat
     texts = {"t0": ["a", "b"], "t1": ["b", "c", "c"], "t2": ["c", "a", "d"]}
     ids = {t: [f"{t}-{i}" for i in range(len(v))] for t, v in texts.items()}
     found = plan(tmp_path, order, texts, ids, (), buckets)
-    assert found["t0"].owners == ()
-    assert found["t1"].owners == ("t0",)  # b; c repeats inside t1, which embeds it once
-    assert found["t2"].owners == ("t0", "t1")  # a from t0, c from t1
+    assert found["t0"].share_owners == ()
+    assert found["t1"].share_owners == ("t0",)  # b; c repeats inside t1, which embeds it once
+    assert found["t2"].share_owners == ("t0", "t1")  # a from t0, c from t1
+    latest = latest_owners(3, [f[1] for f in text_meets(tmp_path, order, texts, ids, (), buckets)])
+    assert latest.tolist() == [-1, 0, 1]  # what the driver holds: t2 starts once t1 is settled
+
+
+def test_an_owner_done_before_this_run_hands_on_its_part_files(tmp_path):
+    order = tasks_of("t0", "t1", "t2")
+    texts = {"t0": ["a"], "t1": ["b"], "t2": ["a", "b"]}
+    ids = {t: [f"{t}-{i}" for i in range(len(v))] for t, v in texts.items()}
+    found = plan(tmp_path, order, texts, ids, done={0: ("out/part-t0.parquet",)})
+    assert found["t2"].run_files == ("out/part-t0.parquet",)
+    assert found["t2"].share_owners == ("t1",)  # t1 runs now: it writes a share file
 
 
 @pytest.mark.parametrize("buckets", [1, 4])
@@ -199,7 +224,7 @@ def test_a_cached_text_is_copied_and_an_unusable_row_owns_nothing(tmp_path, buck
     ids = {"t0": ["x", "x", "y", None], "t1": ["p", "q", "r"]}
     found = plan(tmp_path, order, texts, ids, files, buckets)
     assert found["t0"].cache_files == found["t1"].cache_files == (str(cached),)
-    assert found["t1"].owners == ()
+    assert found["t1"].share_owners == ()
 
 
 def test_each_bucket_reads_only_its_slice_of_a_cache_files_digests(tmp_path):
