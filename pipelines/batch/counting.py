@@ -6,26 +6,34 @@ those uncounted; once the run holds its output, one Ray task per such file count
 parallel across the cluster, and the count is kept under `_state/counts/` keyed by the file's
 location, size and version, so a rerun reads nothing again. The driver holds a number per file.
 A file that cannot be read becomes a task that fails with the reason, as at listing.
+
+A compressed stream cannot be entered in the middle, so each task of a compressed shard
+decompresses it from the start up to its rows: a shard of many tasks is decompressed about
+tasks/2 times over. Such shards are named in a warning, with the fix (smaller shards).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from typing import Any
+from collections import Counter
 
 import ray
 
 from pipelines.batch.cluster import connect
 from pipelines.batch.preflight import Job
-from pipelines.inputs.planning import needs_count, plan_tasks
-from pipelines.inputs.readers import InputError, InputFile, count_rows
+from pipelines.inputs.planning import Task, needs_count, plan_tasks
+from pipelines.inputs.readers import COMPRESSIONS, InputError, InputFile, count_rows
 from pipelines.interrupt import StopRequest
 from pipelines.output.faults import check_write
 from pipelines.output.state import digest_path, location_name
 from pipelines.storage.tree import Tree
 
 log = logging.getLogger(__name__)
+
+AHEAD = 64  # counts running or queued at once, at the least
+STREAM_TASKS = 8  # tasks of one compressed shard before a warning (4 decompressions of it)
 
 
 def count_inputs(job: Job, stop: StopRequest) -> Job:
@@ -43,16 +51,30 @@ def count_inputs(job: Job, stop: StopRequest) -> Job:
         log.info("counting the rows of %d CSV or compressed shard(s) on the cluster", len(asked))
         connect()
         stop.install()  # ray.init put its own SIGTERM handler in place of ours
-        for file, count in zip(
-            asked, _gather([_count.remote(f) for f in asked], stop), strict=True
-        ):
+        for file, count in zip(asked, _gather(asked, stop), strict=True):
             found[file.path] = count
             if isinstance(count, int):
                 out.write_text(count_path(file), f"{count}\n")
     files = with_counts(job.files, found)
-    return dataclasses.replace(
-        job, files=files, tasks=plan_tasks(files, job.config.input.rows_per_task)
-    )
+    tasks = plan_tasks(files, job.config.input.rows_per_task)
+    warn_long_streams(tasks)
+    return dataclasses.replace(job, files=files, tasks=tasks)
+
+
+def warn_long_streams(tasks: list[Task]) -> None:
+    per_file = Counter(t.file.path for t in tasks if t.file.path.endswith(COMPRESSIONS))
+    long = sorted(path for path, n in per_file.items() if n > STREAM_TASKS)
+    if long:
+        log.warning(
+            "%d compressed shard(s) of more than %d tasks, each decompressed from the start by "
+            "every one of its tasks (e.g. %s, %d tasks); split them into shards of at most "
+            "%d x input.rows_per_task rows for speed",
+            len(long),
+            STREAM_TASKS,
+            long[0],
+            per_file[long[0]],
+            STREAM_TASKS,
+        )
 
 
 def with_counts(files: list[InputFile], found: dict[str, int | str]) -> list[InputFile]:
@@ -77,12 +99,22 @@ def _saved(out: Tree, file: InputFile) -> int | None:
     return int(text) if text is not None and text.strip().isdigit() else None
 
 
-def _gather(refs: list[Any], stop: StopRequest) -> list[int | str]:
-    pending = list(refs)
-    while pending:
+def _gather(files: list[InputFile], stop: StopRequest) -> list[int | str]:
+    """The files counted, two per CPU of the cluster at a time (at least AHEAD), not a task
+    spec per file held at once."""
+    ahead = max(AHEAD, 2 * int(ray.cluster_resources().get("CPU", 0)))
+    found: dict[int, int | str] = {}
+    todo, waiting = iter(enumerate(files)), {}
+    while True:
         stop.check()
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-    return list(ray.get(refs))
+        for i, file in itertools.islice(todo, ahead - len(waiting)):
+            waiting[_count.remote(file)] = i
+        if not waiting:
+            break
+        ended, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.5)
+        for ref in ended:
+            found[waiting.pop(ref)] = ray.get(ref)
+    return [found[i] for i in range(len(files))]
 
 
 @ray.remote(num_cpus=1, max_retries=3)

@@ -14,6 +14,7 @@ from pipelines.batch import counting
 from pipelines.batch.run import run_job
 from pipelines.config import load_config
 from pipelines.inputs import listing
+from pipelines.inputs.planning import plan_tasks
 from pipelines.inputs.readers import InputFile
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -72,3 +73,13 @@ def test_the_cluster_counts_text_shards_once_and_the_driver_never_does(
     monkeypatch.setattr(counting, "_count", OnlyTheUncounted())
     again = run_job(load_config(conf))  # only the corrupt shard is left to do
     assert (again["tasks_done"], again["tasks_failed"]) == (7, 1)
+
+
+def test_a_compressed_shard_of_many_tasks_is_named_with_the_fix(caplog):
+    long = InputFile("/in/big.jsonl.gz", "big.jsonl.gz", "jsonl", rows=90, size=9)
+    short = InputFile("/in/small.csv.zst", "small.csv.zst", "csv", rows=80, size=9)
+    plain = InputFile("/in/plain.csv", "plain.csv", "csv", rows=900, size=9)
+    counting.warn_long_streams(plan_tasks([long, short, plain], 10))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 compressed shard(s)" in warning and "/in/big.jsonl.gz, 9 tasks" in warning
+    assert "split them into shards" in warning
