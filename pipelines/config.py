@@ -118,6 +118,12 @@ class RunConfig(_Section):
     # each distinct text of the run once. false embeds every row, as the API's header does.
     use_cache: bool = True
     cache_from: list[str] = Field(default_factory=list)
+    # A task whose repeated texts an earlier, still running task embeds: false (the default)
+    # starts it anyway when no other task is ready, and it embeds those texts itself, so actors
+    # never idle (a text can then be embedded once per task running beside its first one);
+    # true holds it back until that task is settled, so each distinct text is embedded exactly
+    # once, at the cost of actors idling where repeats chain the tasks one after another.
+    wait_for_copies: bool = False
 
 
 class StorageConfig(_Section):

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import logging
 from collections import Counter
+from typing import Any
 
 import ray
 
@@ -104,7 +105,7 @@ def _gather(files: list[InputFile], stop: StopRequest) -> list[int | str]:
     spec per file held at once."""
     ahead = max(AHEAD, 2 * int(ray.cluster_resources().get("CPU", 0)))
     found: dict[int, int | str] = {}
-    todo, waiting = iter(enumerate(files)), {}
+    todo, waiting = iter(enumerate(files)), dict[Any, int]()
     while True:
         stop.check()
         for i, file in itertools.islice(todo, ahead - len(waiting)):

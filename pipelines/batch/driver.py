@@ -13,10 +13,12 @@
   error, so retrying would only delay the report.
 - Actors that do not come back (their node is gone and no other has room) are waited for at
   most `stall_s`; then the run stops with the resource they need, instead of hanging.
-- Under use_cache a task that copies texts from earlier tasks of the run (reindex/plan.py) is held
-  back until every task up to the latest of those is settled (one number a task, where its
-  whole list of owners could make tasks squared); the queue goes on with the tasks that are
-  ready meanwhile.
+- Under use_cache a task that copies texts from earlier tasks of the run (reindex/plan.py) is ready
+  once every task up to the latest of those is settled (one number a task, where its whole
+  list of owners could make tasks squared). Ready tasks go first; when none is, the first
+  queued one goes anyway and embeds what its running owners have not handed on yet, unless
+  run.wait_for_copies holds it back: repeats scattered over a corpus make each task wait for
+  the one before, which would leave all but one actor idle.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Driver:
         # by position in run order: settled (done before this run, done or failed in it)
         self.settled = np.ones(len(self.latest), bool)
         self.settled_upto = 0  # every position below it is settled
+        self.wait_for_copies = job.config.run.wait_for_copies
         self.max_retries, self.backoff_s = job.config.run.max_retries, backoff_s
         self.stop = stop or StopRequest()
         self.stall_s = job.config.run.wait_timeout_s
@@ -170,12 +173,15 @@ class Driver:
 
     def next_ready(self) -> Task | None:
         """The first queued task whose latest owner (reindex/plan.py) and every task before it
-        are settled, taken off the queue."""
+        are settled, else (unless run.wait_for_copies) the first queued one; taken off the
+        queue."""
         for at, task in enumerate(self.queue):
             position = self._position(task)
             if not 0 <= position < len(self.latest) or self.latest[position] < self.settled_upto:
                 del self.queue[at]
                 return task
+        if self.queue and not self.wait_for_copies:
+            return self.queue.popleft()
         return None
 
     def _position(self, task: Task) -> int:

@@ -113,9 +113,12 @@ def test_an_output_of_other_options_or_another_model_is_not_used(
 def test_repeated_texts_within_and_across_shards_are_embedded_once(
     tmp_path, minilm_dir, distinct_texts
 ):
-    # 20 distinct texts over 120 rows: each text 6 times, in several shards and tasks
+    # 20 distinct texts over 120 rows: each text 6 times, in several shards and tasks; each
+    # task waits for the running ones that embed its texts (by default it would start beside
+    # them, and embed those texts again rather than idle)
     docs = [(f"d{i:03d}", distinct_texts[(i * 7) % 20]) for i in range(120)]
-    report = run(tmp_path, minilm_dir, write_corpus(tmp_path / "in", docs), "out")
+    corpus = write_corpus(tmp_path / "in", docs)
+    report = run(tmp_path, minilm_dir, corpus, "out", "run.wait_for_copies=true")
     assert report["rows_embedded"] == 20
     assert report["rows_deduplicated"] == 100 and report["rows_rejected"] == 0
     parts = pl.read_parquet(tmp_path / "out" / "part-*.parquet").sort("id")

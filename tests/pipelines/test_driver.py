@@ -138,14 +138,16 @@ def done_marker(task: Task) -> DoneMarker:
     )
 
 
-def make_job(tmp_path: Path, tasks: int, max_retries: int = 3, wait_timeout_s: float = 5) -> Job:
+def make_job(
+    tmp_path: Path, tasks: int, max_retries: int = 3, wait_timeout_s: float = 5, **run: Any
+) -> Job:
     """A job of `tasks` tasks of 10 rows over one CSV; the driver never reads the file."""
     config = Config.model_validate(
         {
             "model": {"source": "stub"},
             "input": {"path": str(tmp_path / "in"), "rows_per_task": 10},
             "output": {"path": str(tmp_path / "out")},
-            "run": {"max_retries": max_retries, "wait_timeout_s": wait_timeout_s},
+            "run": {"max_retries": max_retries, "wait_timeout_s": wait_timeout_s, **run},
         }
     )
     file = InputFile(str(tmp_path / "in" / "a.csv"), "a.csv", "csv", rows=10 * tasks, size=999)
@@ -236,15 +238,18 @@ def test_an_input_error_fails_at_once_without_retry(tmp_path, monkeypatch):
 # Tasks that copy vectors from earlier ones (use_cache)
 
 
-def test_a_task_copying_from_earlier_ones_starts_once_all_up_to_its_latest_owner_settle(
-    tmp_path, monkeypatch
-):
-    job = make_job(tmp_path, tasks=4, max_retries=1)
-    a, b, c, d = ids(job)
-    cluster = FakeCluster(monkeypatch, {a: [raised(OSError("connection reset"))] * 2})
-    # c copies texts from a, d from c (reindex/plan.py); a fails for good
-    positions = {t: i for i, t in enumerate(ids(job))}
-    plans = TaskPlans(RepeatTables(positions), ReusePlan(np.array([-1, -1, 0, 2])))
+def run_with_owners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, latest: list[int], **run: Any
+) -> tuple[list[str], dict[str, set[str]], RunState]:
+    """A run of len(latest) tasks on one actor (two slots), where task i copies texts from
+    tasks up to latest[i] (reindex/plan.py); the first task fails for good. Each task's id,
+    what was settled when it started, and the state."""
+    job = make_job(tmp_path, tasks=len(latest), max_retries=1, **run)
+    names = ids(job)
+    cluster = FakeCluster(monkeypatch, {names[0]: [raised(OSError("connection reset"))] * 2})
+    plans = TaskPlans(
+        RepeatTables({t: i for i, t in enumerate(names)}), ReusePlan(np.array(latest))
+    )
     progress = Progress(sum(t.rows for t in job.tasks), 0, stream=io.StringIO())
     state = RunState(job.config.output.path)
     driver = Driver(job, state, [cluster.actor("x")], progress, plans, backoff_s=BACKOFF_S)
@@ -257,9 +262,26 @@ def test_a_task_copying_from_earlier_ones_starts_once_all_up_to_its_latest_owner
 
     cluster.call = watched  # type: ignore[method-assign]
     driver.run(job.tasks)
+    return names, settled_at_start, state
+
+
+def test_wait_for_copies_starts_a_task_once_all_up_to_its_latest_owner_settle(
+    tmp_path, monkeypatch
+):
+    # c copies texts from a, d from c; a fails for good
+    (a, b, c, d), settled_at_start, state = run_with_owners(
+        tmp_path, monkeypatch, [-1, -1, 0, 2], wait_for_copies=True
+    )
     assert a not in settled_at_start[b]  # b copies nothing: it does not wait on a's retry
     assert a in settled_at_start[c]  # settled, even failed: c then embeds a's texts itself
     assert {a, b, c} <= settled_at_start[d]
+    assert set(state.done()) == {b, c, d} and set(state.failed()) == {a}
+
+
+def test_by_default_a_task_whose_owners_run_starts_when_no_other_is_ready(tmp_path, monkeypatch):
+    # each task copies from the one before: waiting would leave the actor's second slot idle
+    (a, b, c, d), settled_at_start, state = run_with_owners(tmp_path, monkeypatch, [-1, 0, 1, 2])
+    assert a not in settled_at_start[b]  # b embeds what a has not handed on
     assert set(state.done()) == {b, c, d} and set(state.failed()) == {a}
 
 
