@@ -10,7 +10,7 @@ task, never a row's digest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,11 +25,10 @@ ROWS_PER_BUCKET = 4_000_000  # a meet holds ~60 bytes a row: ~250 MB
 
 @dataclass(frozen=True)
 class DigestSummary:
-    """What the driver keeps of a task's digest file."""
+    """What the driver keeps of a task's digest file: 1 KB, whatever its rows."""
 
     rows: int
-    at: np.ndarray  # (FINE + 1,) record offsets of the groups
-    absent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # no digest
+    at: np.ndarray  # (FINE + 1,) uint32 record offsets of the groups
 
 
 def digest_file(digests: bytes, rows: np.ndarray, total: int) -> bytes:
@@ -48,12 +47,22 @@ def digest_file(digests: bytes, rows: np.ndarray, total: int) -> bytes:
 
 
 def summary_of(data: bytes) -> DigestSummary:
+    header = _header(data)
+    return DigestSummary(int(header["rows"]), header["at"].astype(np.uint32))
+
+
+def absent_rows(data: bytes) -> np.ndarray:
+    """The rows of the file's task that have no digest."""
+    header = _header(data)
+    start = HEADER.itemsize + int(header["at"][-1]) * RECORD.itemsize
+    return np.frombuffer(data[start : start + 4 * int(header["absent"])], np.uint32)
+
+
+def _header(data: bytes) -> np.ndarray:
     header = np.frombuffer(data[: HEADER.itemsize], HEADER)[0]
     if header["magic"] != MAGIC:
         raise ValueError("not an embedpipe digest file")
-    start = HEADER.itemsize + int(header["at"][-1]) * RECORD.itemsize
-    absent = np.frombuffer(data[start : start + 4 * int(header["absent"])], np.uint32)
-    return DigestSummary(int(header["rows"]), header["at"].astype(np.int64), absent.copy())
+    return header
 
 
 def buckets_for(rows: int, actors: int) -> int:
