@@ -82,8 +82,8 @@ def read_handed(out: Tree, owners: Sequence[str], key: int, dim: int) -> Known:
         where = share_path(owner)
         try:
             records = read_shared(functools.partial(out.read_range, where), key)
-        except (OSError, ValueError) as err:  # it failed for good, or wrote nothing to share
-            log.info("nothing handed on by %s (%s): those texts are embedded here", owner, err)
+        except (OSError, ValueError) as err:  # still running, failed, or wrote nothing to share
+            log.debug("nothing handed on by %s (%s): those texts are embedded here", owner, err)
             continue
         if records is None or records["vector"].shape[1:] != (dim,):
             log.warning("%s is not a share file of this run: not copying from it", where)
