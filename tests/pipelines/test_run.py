@@ -109,11 +109,13 @@ def test_every_row_once_with_the_embedders_vectors(job_conf, minilm_dir):
     direct = Embedder.load(minilm_dir).embed([texts[i] for i in sample["id"]])
     # to the last bit: batches are built so that a vector does not depend on its batch mates
     assert np.stack(sample["embedding"].to_numpy()).tobytes() == direct.vectors.tobytes()
-    # the documented text_hash, and each distinct text embedded once (the corpus cycles 50)
+    # the documented text_hash, and repeated texts copied, not embedded (the corpus cycles 50
+    # texts; a task starting beside the one that first has a text embeds it again rather than
+    # idle: test_cache.py holds the run to exactly once with run.wait_for_copies)
     assert [bytes(h) for h in parts["text_hash"]] == [
         hashlib.blake2b(texts[i].encode(), digest_size=16).digest() for i in parts["id"]
     ]
-    assert report["rows_embedded"] == parts["text_hash"].n_unique() <= 50
+    assert parts["text_hash"].n_unique() <= report["rows_embedded"] < len(parts)
     assert report["rows_deduplicated"] == len(parts) - report["rows_embedded"]
     assert report["rows_from_cache"] == 0
 
