@@ -47,6 +47,7 @@ from pipelines.output.faults import check_write
 from pipelines.output.state import digest_path, location_name
 from pipelines.reindex.cache_from import CacheFile, cache_digest_file
 from pipelines.reindex.plan import (
+    RunLinks,
     TextMeetRequest,
     latest_owners,
     meet_texts,
@@ -182,14 +183,14 @@ def plan_reuse(
     log.info("use_cache: %d copy relation(s) planned in %d bucket(s)", sum(counts), buckets)
     latest = latest_owners(len(ready), (ray.get(f[0]) for f in found))  # one bucket at a time
     done_at = {repeats.positions[t]: files for t, files in done.items() if t in repeats.positions}
-    refs = (
+    refs = RunLinks.flat(
         ray.put(np.array([waiter_key(t) for t in ready], dtype=np.uint64)),
         ray.put(np.array([t.encode() for t in ready], dtype=np.bytes_)),
         ray.put(done_at),
         ray.put(locations),
-        *(f[3] for f in found),
-        *(f[1] for f in found),
-        *(f[2] for f in found),
+        shares=[f[3] for f in found],
+        copies=[f[1] for f in found],
+        waits=[f[2] for f in found],
     )
     return ReusePlan(latest, refs)
 

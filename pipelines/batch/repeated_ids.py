@@ -24,6 +24,7 @@ from pipelines.output.digest_files import (
     digest_file,
     first_occurrences,
     read_bucket,
+    rows_of,
 )
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
@@ -69,9 +70,7 @@ def repeats_among(records: np.ndarray, positions: np.ndarray, origins: np.ndarra
 def repeats_of(position: int, tables: tuple[np.ndarray, ...], keys: list[str]) -> dict[int, str]:
     """One task's repeated rows (row offset -> "repeats row N of FILE") from every bucket's
     table."""
-    found: dict[int, str] = {}
-    for table in tables:
-        first, stop = np.searchsorted(table["task"], [position, position + 1])
-        for item in table[first:stop].tolist():
-            found[int(item[1])] = f"repeats row {item[3]} of {keys[item[2]]}"
-    return found
+    return {
+        int(item[1]): f"repeats row {item[3]} of {keys[item[2]]}"
+        for item in rows_of(position, tables, "task", REPEAT).tolist()
+    }

@@ -10,6 +10,7 @@ task, never a row's digest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +135,12 @@ def as_hashes(records: np.ndarray) -> np.ndarray:
 def row_keys(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Rows of the run as one number each: task position << 32 | row."""
     return (positions.astype(np.uint64) << np.uint64(32)) | rows.astype(np.uint64)
+
+
+def rows_of(
+    position: int, tables: Sequence[np.ndarray], column: str, dtype: np.dtype
+) -> np.ndarray:
+    """The rows for the task at `position` (in run order) of every bucket's table, each sorted
+    by that position's `column`."""
+    found = [t[slice(*np.searchsorted(t[column], [position, position + 1]))] for t in tables]
+    return np.concatenate([*found, np.zeros(0, dtype)])

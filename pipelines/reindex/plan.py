@@ -22,7 +22,7 @@ starts it once every task up to that one is settled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from pipelines.output.digest_files import (
     first_occurrences,
     read_bucket,
     row_keys,
+    rows_of,
 )
 from pipelines.reindex.shares import shares_table
 from pipelines.storage.settings import StorageSettings
@@ -58,7 +59,7 @@ class Sources:
 @dataclass(frozen=True)
 class RunLinks:
     """What every task of a use_cache run reads (from Ray's object store) to learn its sources
-    and what it hands on; `refs` and `of` flatten it to and from a call's arguments."""
+    and what it hands on; `flat` and `of` turn it into a call's arguments and back."""
 
     keys: np.ndarray  # waiter keys by position (shares.py)
     names: np.ndarray  # task ids by position, UTF-8
@@ -67,6 +68,19 @@ class RunLinks:
     shares: tuple[np.ndarray, ...]  # one SHARE table per bucket
     copies: tuple[np.ndarray, ...]  # one LINK table per bucket, to cache files
     waits: tuple[np.ndarray, ...]  # one LINK table per bucket, to earlier tasks
+
+    @staticmethod
+    def flat(
+        keys: Any,
+        names: Any,
+        done: Any,
+        cache_files: Any,
+        shares: Sequence[Any],
+        copies: Sequence[Any],
+        waits: Sequence[Any],
+    ) -> tuple[Any, ...]:
+        """The fields (or the ObjectRefs of them) in the order `of` reads them."""
+        return (keys, names, done, cache_files, *shares, *copies, *waits)
 
     @classmethod
     def of(cls, fetched: tuple[Any, ...]) -> RunLinks:
@@ -87,8 +101,7 @@ class RunLinks:
 
 def linked(position: int, tables: tuple[np.ndarray, ...]) -> list[int]:
     """The sources of the task at `position` in every bucket's LINK table, in order."""
-    found = [t[slice(*np.searchsorted(t["task"], [position, position + 1]))] for t in tables]
-    return np.unique(np.concatenate([*found, np.zeros(0, LINK)])["source"]).tolist()
+    return np.unique(rows_of(position, tables, "task", LINK)["source"]).tolist()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.output.digest_files import rows_of
 from workers import Embeddings
 from workers.text_hash import HASH_DTYPE, TextDigest
 
@@ -57,8 +58,7 @@ def shares_table(owners: np.ndarray, rows: np.ndarray, waiters: np.ndarray) -> n
 
 def shares_of(position: int, tables: tuple[np.ndarray, ...]) -> np.ndarray:
     """One owner's triples from every bucket's table."""
-    found = [t[slice(*np.searchsorted(t["owner"], [position, position + 1]))] for t in tables]
-    return np.concatenate([*found, np.zeros(0, SHARE)])
+    return rows_of(position, tables, "owner", SHARE)
 
 
 @dataclass(frozen=True)
