@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Config, ConfigError, load_config
+from pipelines.config import Config, ConfigError, ServeJob, load_config
 from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
 from workers.model_dir import ATTENTION_LAYOUTS, CARD_FILE, DTYPES, ModelDirError, read_card
@@ -347,7 +347,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pipelines.serve.server import serve_until_stopped
 
     logging.getLogger("pipelines").setLevel(logging.INFO)
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, ServeJob)
     model_dir = ensure_model(config)
     config.serve.tokens()  # an unreadable token file fails here, not in every replica
     connect()

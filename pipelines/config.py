@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -74,12 +74,13 @@ class OutputConfig(_Section):
     partition_by: list[str] = Field(default_factory=list)
 
 
-class EmbeddingConfig(_Section):
+class OptionsConfig(_Section):
+    """The per-text options (the Inference API's names): the defaults a request can override."""
+
     normalize: bool = True
     truncate: bool = True
     truncation_direction: Literal["left", "right"] = "right"
     prompt_name: str | None = None
-    max_batch_tokens: int = Field(default=16384, ge=1)
 
     @field_validator("truncation_direction", mode="before")
     @classmethod
@@ -93,6 +94,10 @@ class EmbeddingConfig(_Section):
             truncation_direction=self.truncation_direction,
             prompt_name=self.prompt_name,
         )
+
+
+class EmbeddingConfig(OptionsConfig):
+    max_batch_tokens: int = Field(default=16384, ge=1)
 
 
 class WorkersConfig(_Section):
@@ -158,6 +163,15 @@ class ServeConfig(_Section):
     replicas: int = Field(default=1, ge=1)
     cache_entries: int = Field(default=100_000, ge=0)  # x-use-cache LRU size; 0 turns it off
     wait_timeout_s: float = Field(default=600, gt=0)  # x-wait-for-model: true waits this long
+    # Embedding requests a replica holds (queued or computing) before it answers 429 with
+    # Retry-After, at once, rather than let every client's latency grow without bound.
+    max_queue: int = Field(default=128, ge=1)
+    # The model's name in answers (/info, the OpenAI route's "model", errors); default: the
+    # model.source's hub id or package, or the last part of a local path (never the path).
+    model_id: str | None = None
+    # POST /v1/embeddings: OpenAI's API has no options, so these are its texts' options; the
+    # defaults are TEI's for that route (normalized, truncated on the right, no prompt).
+    openai: OptionsConfig = OptionsConfig()
 
     def tokens(self) -> frozenset[str]:
         """The accepted bearer tokens; empty: no authentication."""
@@ -192,7 +206,42 @@ class Config(_Section):
         return self
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+class ServeJob(_Section):
+    """What `embedpipe serve` reads: the model, its options, the workers and the server. A
+    batch job's sections may be there too (one file for both commands); they are checked, not
+    needed."""
+
+    model: ModelConfig
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    workers: WorkersConfig = WorkersConfig()
+    serve: ServeConfig = ServeConfig()
+    storage: StorageConfig = StorageConfig()
+    input: InputConfig | None = None
+    output: OutputConfig | None = None
+    run: RunConfig = RunConfig()
+
+
+def served_model_id(model: ModelConfig, serve: ServeConfig) -> str:
+    """The served model's name: serve.model_id, else model.source unless it is a local path
+    (answers never name the server's files), then the path's last part."""
+    if serve.model_id:
+        return serve.model_id
+    source = model.source
+    if Path(source).is_absolute() or source.startswith((".", "~")) or Path(source).exists():
+        return Path(source).expanduser().resolve().name or "model"
+    return source
+
+
+Job = TypeVar("Job", Config, ServeJob)
+
+
+def load_config(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    schema: type[Job] = Config,  # type: ignore[assignment]
+) -> Job:
+    """The config in `path` with `overrides` applied, validated as `schema` (a batch job, or
+    ServeJob for `embedpipe serve`)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -201,14 +250,14 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
-        sections = ", ".join(Config.model_fields)
+        sections = ", ".join(schema.model_fields)
         raise ConfigError(f"{path} must hold a mapping of sections: {sections}")
     for override in overrides:
         _apply_override(raw, override)
     try:
-        return Config.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(_describe(e) for e in err.errors())
+        problems = "; ".join(_describe(e, schema) for e in err.errors())
         raise ConfigError(f"{path}: {problems}") from err
 
 
@@ -226,10 +275,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
-def _describe(error: Any) -> str:
+def _describe(error: Any, schema: type[BaseModel]) -> str:
     where = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
-        section = _section_at(error["loc"][:-1])
+        section = _section_at(error["loc"][:-1], schema)
         allowed = ", ".join(section.model_fields) if section else "?"
         return f"unknown key '{where}' (allowed here: {allowed})"
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -238,13 +287,14 @@ def _describe(error: Any) -> str:
     return f"{where}: {message} (got {error.get('input')!r})"
 
 
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_at(loc: tuple[Any, ...], schema: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] = schema
     for part in loc:
-        annotation = (
-            model.model_fields[str(part)].annotation if part in model.model_fields else None
-        )
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        field = model.model_fields.get(str(part))
+        # an optional section (ServeJob's input) is a union with None: its model is the section
+        kinds = get_args(field.annotation) or (field.annotation,) if field else ()
+        sections = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+        if not sections:
             return None
-        model = annotation
+        model = sections[0]
     return model

@@ -117,7 +117,7 @@ class Embedder:
         options = options or EmbedOptions()
         spans = list(chunk_spans(len(texts)))
         if len(spans) <= 1:
-            parts = [self._embed_prepared(self.preparer.prepare(texts, options))]
+            parts = [self._embed_prepared(*self._prepare(texts, options))]
         else:
             parts = self._embed_pipelined(texts, spans, options)
         vectors = np.concatenate([p.vectors for p in parts])
@@ -130,6 +130,7 @@ class Embedder:
             tuple(e for p in parts for e in p.errors),
             sum(p.device_s for p in parts),
             sum(p.oom_splits for p in parts),
+            sum(p.tokenize_s for p in parts),
         )
 
     def _embed_pipelined(
@@ -140,20 +141,31 @@ class Embedder:
         parts = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as ahead:
             start, stop = spans[0]
-            pending = ahead.submit(self.preparer.prepare, texts[start:stop], options)
+            pending = ahead.submit(self._prepare, texts[start:stop], options)
             for k in range(len(spans)):
-                prepared = pending.result()
+                prepared, seconds = pending.result()
                 if k + 1 < len(spans):
                     start, stop = spans[k + 1]
-                    pending = ahead.submit(self.preparer.prepare, texts[start:stop], options)
-                parts.append(self._embed_prepared(prepared))
+                    pending = ahead.submit(self._prepare, texts[start:stop], options)
+                parts.append(self._embed_prepared(prepared, seconds))
         return parts
 
-    def _embed_prepared(self, prepared: Prepared) -> Embeddings:
+    def _prepare(self, texts: Sequence[object], options: EmbedOptions) -> tuple[Prepared, float]:
+        clock = time.perf_counter()
+        prepared = self.preparer.prepare(texts, options)
+        return prepared, time.perf_counter() - clock
+
+    def _embed_prepared(self, prepared: Prepared, tokenize_s: float) -> Embeddings:
         ran = self.run(prepared)
         errors = tuple(ran.errors.get(i, e) for i, e in enumerate(prepared.errors))
         return Embeddings(
-            ran.vectors, prepared.n_tokens, prepared.truncated, errors, ran.device_s, ran.splits
+            ran.vectors,
+            prepared.n_tokens,
+            prepared.truncated,
+            errors,
+            ran.device_s,
+            ran.splits,
+            tokenize_s,
         )
 
     def warm_up(self) -> list[tuple[int, int]]:

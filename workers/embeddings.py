@@ -16,6 +16,7 @@ class Embeddings:
     errors: tuple[str | None, ...]  # why each text was rejected, None where embedded
     device_s: float = 0.0  # seconds this call held the device (the rest is the device's idle)
     oom_splits: int = 0  # batches split in two because the device ran out of memory
+    tokenize_s: float = 0.0  # seconds spent tokenizing (partly beside the device's, when long)
 
     @property
     def ok(self) -> np.ndarray:

@@ -40,20 +40,22 @@ class EmbedOptions:
         object.__setattr__(self, "truncation_direction", direction.lower())
 
 
-def prompt_for(card: ModelCard, options: EmbedOptions) -> str:
+def prompt_for(card: ModelCard, options: EmbedOptions, model: str | None = None) -> str:
     """The prompt text the model reads before each text: the named one, else the card's default
-    prompt, else none. An unknown name is an error that lists the model's prompts."""
+    prompt, else none. An unknown name is an error that lists the model's prompts and names the
+    model as `model` (default: the card's source; a server passes its model id, since a source
+    can be a path on the server)."""
     name = options.prompt_name or card.default_prompt_name
+    model = model or card.source
     if name is None:
         return ""
     if not card.prompts:
         raise OptionError(
-            f"prompt_name {name!r} given, but model {card.source} has no prompts; "
-            "leave prompt_name unset"
+            f"prompt_name {name!r} given, but model {model} has no prompts; leave prompt_name unset"
         )
     if name not in card.prompts:
         raise OptionError(
-            f"unknown prompt_name {name!r}; model {card.source} has the prompts: "
+            f"unknown prompt_name {name!r}; model {model} has the prompts: "
             + ", ".join(sorted(card.prompts))
         )
     return card.prompts[name]

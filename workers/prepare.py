@@ -18,7 +18,7 @@ from tokenizers import Encoding, Tokenizer
 
 from workers.long_texts import chunks, window
 from workers.model_dir import ModelCard, ModelDirError
-from workers.options import EmbedOptions, prompt_for
+from workers.options import EmbedOptions, OptionError, prompt_for
 
 # A text longer than this many characters per max_seq_length token is tokenized only in the
 # window truncation keeps (or counted chunk by chunk): see long_texts.py.
@@ -38,6 +38,18 @@ class Prepared:
     n_tokens: np.ndarray
     truncated: np.ndarray
     errors: list[str | None]
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token the model reads: its id and string, whether it is a special token, and its
+    characters in the client's text (None for special tokens and the prompt's)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 def reject_reason(text: object) -> str | None:
@@ -73,9 +85,10 @@ class TextPreparer:
     def from_file(cls, tokenizer_path: str | Path, card: ModelCard) -> TextPreparer:
         return cls(Tokenizer.from_file(str(tokenizer_path)), card)
 
-    def prompt_for(self, options: EmbedOptions) -> str:
-        """The prompt text for these options; the card's default prompt when none is named."""
-        return prompt_for(self._card, options)
+    def prompt_for(self, options: EmbedOptions, model: str | None = None) -> str:
+        """The prompt text for these options; the card's default prompt when none is named.
+        `model` names the model in the error for an unknown prompt (default: its source)."""
+        return prompt_for(self._card, options, model)
 
     def prepare(self, texts: Sequence[object], options: EmbedOptions) -> Prepared:
         prompt = self.prompt_for(options)
@@ -109,26 +122,66 @@ class TextPreparer:
     ) -> tuple[np.ndarray, int, bool, str | None]:
         """Keeps what fits the budget; returns ids, token count, truncated, reject reason."""
         content = np.asarray(enc.ids, dtype=np.int64)
-        n_specials = len(self._prefix) + len(self._suffix)
-        total = len(content) + n_specials
+        total = len(content) + len(self._prefix) + len(self._suffix)
         if len(content) == 0:
             return content, total, False, "text has no tokens for this model's tokenizer"
+        kept, cut, error = self._keep(content, n_prompt, options)
+        if error is not None:
+            return kept, total, False, error
+        kept = np.concatenate([self._prefix, kept, self._suffix])
+        return kept, len(kept), cut, None
+
+    def _keep(
+        self, content: np.ndarray, n_prompt: int, options: EmbedOptions
+    ) -> tuple[np.ndarray, bool, str | None]:
+        """The part of a text's tokens (ids, or their positions) that truncation keeps, whether
+        it cut, or why the text cannot be embedded; one rule for embedding and /tokenize."""
         cut = len(content) > self._budget
         if cut and not options.truncate:
-            return np.empty(0, np.int64), total, False, self._too_long(total)
+            total = len(content) + len(self._prefix) + len(self._suffix)
+            return content[:0], False, self._too_long(total)
         if cut and options.truncation_direction == "left":
             if n_prompt >= self._budget:
                 reason = (
                     f"the prompt alone takes {n_prompt} tokens, leaving no room for the text "
                     f"under max_seq_length {self._card.max_seq_length}"
                 )
-                return np.empty(0, np.int64), total, False, reason
+                return content[:0], False, reason
             tail = content[len(content) - (self._budget - n_prompt) :]
-            content = np.concatenate([content[:n_prompt], tail])
-        elif cut:
-            content = content[: self._budget]
-        kept = np.concatenate([self._prefix, content, self._suffix])
-        return kept, len(kept), cut, None
+            return np.concatenate([content[:n_prompt], tail]), True, None
+        return content[: self._budget], cut, None
+
+    def tokenize(
+        self, text: str, options: EmbedOptions, special: bool = True, model: str | None = None
+    ) -> list[Token]:
+        """The tokens the model reads for one text under these options (prompt, truncation,
+        and with `special` the model's special tokens), with character offsets into `text`;
+        a text that cannot be embedded raises OptionError with the reason."""
+        prompt = self.prompt_for(options, model)
+        if reason := reject_reason(text):
+            raise OptionError(reason)
+        enc = self._tok.encode(prompt + text, add_special_tokens=False)
+        n_prompt = _prompt_tokens(enc, len(prompt)) if prompt else 0
+        kept, _, error = self._keep(np.arange(len(enc.ids)), n_prompt, options)
+        if error is not None or len(enc.ids) == 0:
+            raise OptionError(error or "text has no tokens for this model's tokenizer")
+        shift = len(prompt)
+        body = [
+            Token(
+                enc.ids[p],
+                enc.tokens[p],
+                False,
+                *((None, None) if p < n_prompt else (s - shift, e - shift)),
+            )
+            for p in kept.tolist()
+            for s, e in [enc.offsets[p]]
+        ]
+        if not special:
+            return body
+        return self._specials(self._prefix) + body + self._specials(self._suffix)
+
+    def _specials(self, ids: np.ndarray) -> list[Token]:
+        return [Token(int(i), self._tok.id_to_token(int(i)) or "", True, None, None) for i in ids]
 
     def _too_long(self, total: int) -> str:
         return (

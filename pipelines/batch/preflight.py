@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from pipelines.batch.task import TaskSpec
-from pipelines.config import Config, ConfigError, InputConfig
+from pipelines.config import Config, ConfigError, InputConfig, ServeJob
 from pipelines.inputs.listing import (
     glob_root,
     is_skipped,
@@ -157,7 +157,7 @@ def path_root(path: str) -> Path:
     return glob_root(path).resolve()
 
 
-def ensure_model(config: Config) -> Path:
+def ensure_model(config: Config | ServeJob) -> Path:
     """The model directory; exported from model.source on first use when it is missing."""
     model = config.model
     model_dir = model.export_dir()

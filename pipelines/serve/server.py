@@ -6,8 +6,12 @@ under the same padded-token budget as the batch pipeline, so one busy replica ru
 batches instead of many small ones. Inference runs in a worker thread, so the replica keeps
 taking requests (and answering 503s and health checks) while the model works.
 
-Metrics go through Ray's metrics (Prometheus on each node): embedpipe_requests (by status),
+Metrics: each replica answers GET /metrics itself (metrics.py); the same three also go through
+Ray's metrics (Prometheus on each node): embedpipe_requests (by status),
 embedpipe_request_seconds and embedpipe_batch_requests.
+
+A replica takes far more requests than serve.max_queue (max_ongoing_requests), so one over the
+queue reaches the endpoint and is answered 429 at once, instead of waiting in Ray's router.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from pipelines.config import Config, ServeConfig
+from pipelines.config import Config, ServeConfig, ServeJob, served_model_id
 from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.serve.api import ApiError
 from pipelines.serve.endpoint import Endpoint, ModelLoader
 from workers import EmbedOptions
+from workers.errors import DeviceError
 from workers.model_dir import MODEL_FILE, read_card
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 # A rough load-time guess for the 503's estimated_time: reading and initialising ~1 GB/s, plus
 # the session's start; only a hint for the client's retry.
 LOAD_S_PER_GB, LOAD_BASE_S = 1.0, 3.0
+# Requests a replica takes beyond serve.max_queue: the 429s, health checks and scrapes.
+ROOM_BEYOND_QUEUE = 256
 
 
 @serve.deployment(max_ongoing_requests=512)
@@ -46,6 +53,7 @@ class FeatureExtraction:
         settings: dict[str, Any],
         defaults: dict[str, Any],
         runtime: dict[str, Any],
+        model_id: str = "model",
     ) -> None:
         from workers import Embedder
 
@@ -64,7 +72,7 @@ class FeatureExtraction:
             LOAD_BASE_S + LOAD_S_PER_GB * gigabytes,
         )
         self.endpoint = Endpoint(
-            self.settings, EmbedOptions(**defaults), loader, self._embed, card.onnx_sha256
+            self.settings, EmbedOptions(**defaults), loader, self._embed, card, model_id
         )
         batched: Any = self._batched  # serve.batch's wrapper carries the setters
         batched.set_max_batch_size(self.settings.max_batch_requests)
@@ -78,7 +86,7 @@ class FeatureExtraction:
             "embedpipe_batch_requests", boundaries=[1, 2, 4, 8, 16, 32, 64, 128]
         )
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def __call__(self, request: Request) -> Response:
         clock = time.perf_counter()
         answer = await self.endpoint.handle(
             request.method,
@@ -88,7 +96,12 @@ class FeatureExtraction:
         )
         self.requests.inc(tags={"status": str(answer.status)})
         self.latency.observe(time.perf_counter() - clock)
-        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+        return Response(
+            answer.content(),
+            status_code=answer.status,
+            headers=answer.headers,
+            media_type=answer.media_type,
+        )
 
     async def _embed(self, texts: tuple[str, ...], options: EmbedOptions) -> Any:
         return await self._batched((texts, options))
@@ -100,6 +113,7 @@ class FeatureExtraction:
         stats["batches"] += 1
         stats["largest_batch_requests"] = max(stats["largest_batch_requests"], len(calls))
         self.batch_sizes.observe(len(calls))
+        self.endpoint.metrics.batch_requests.observe(len(calls))
         embedder = self.endpoint.loader.embedder
         assert embedder is not None  # the endpoint asks only once the model is loaded
         results: list[Any] = [None] * len(calls)
@@ -112,7 +126,11 @@ class FeatureExtraction:
             start = 0
             for i in members:
                 stop = start + len(calls[i][0])
-                results[i] = got.rows(start, stop)
+                # each request's timing headers give its batch's tokenizing and device time
+                part = got.rows(start, stop)
+                results[i] = dataclasses.replace(
+                    part, device_s=got.device_s, tokenize_s=got.tokenize_s
+                )
                 start = stop
         return results
 
@@ -143,29 +161,51 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def application(config: Config, model_dir: Path) -> Any:
+def application(config: Config | ServeJob, model_dir: Path) -> Any:
     """The bound deployment for this config: replicas, resources, model and defaults."""
     workers, settings = config.workers, config.serve
-    cuda = workers.device == "cuda"
+    device = replica_device(config)
+    model_id = served_model_id(config.model, settings)
     return FeatureExtraction.options(  # type: ignore[attr-defined]  # serve.deployment wraps it
         num_replicas=settings.replicas,
-        ray_actor_options={"num_cpus": workers.cpus_per_actor, "num_gpus": 1 if cuda else 0},
+        max_ongoing_requests=settings.max_queue + ROOM_BEYOND_QUEUE,
+        ray_actor_options={"num_cpus": workers.cpus_per_actor, "num_gpus": int(device == "cuda")},
     ).bind(
         str(model_dir),
         settings.model_dump(mode="json"),
         dataclasses.asdict(config.embedding.options()),
-        {"device": workers.device, "threads": workers.cpus_per_actor, "spin": False},
+        {"device": device, "threads": workers.cpus_per_actor, "spin": False},
+        model_id,
     )
 
 
-def start(config: Config, model_dir: Path) -> None:
+def replica_device(config: Config | ServeJob) -> str:
+    """cpu or cuda for the replicas: workers.device, where auto is cuda when the cluster has a
+    GPU. cuda on a cluster with fewer GPUs than replicas fails at once, naming what is missing
+    (Serve would otherwise wait for a GPU that never comes, answering nothing)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = config.workers.device
+    if device == "auto":
+        return "cuda" if gpus >= config.serve.replicas else "cpu"
+    if device == "cuda" and gpus < config.serve.replicas:
+        raise DeviceError(
+            f"workers.device is cuda but the Ray cluster has {gpus} GPU(s) for "
+            f"serve.replicas={config.serve.replicas} (one GPU each); start Ray on a node with a "
+            "GPU, lower serve.replicas, or set workers.device=cpu"
+        )
+    return device
+
+
+def start(config: Config | ServeJob, model_dir: Path) -> None:
     """Starts Ray Serve on serve.host:serve.port with the endpoint at '/'; returns once the
     application is running."""
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
     serve.run(application(config, model_dir), name="embedpipe", route_prefix="/")
 
 
-def serve_until_stopped(config: Config, model_dir: Path) -> int:
+def serve_until_stopped(config: Config | ServeJob, model_dir: Path) -> int:
     """Serves until SIGINT or SIGTERM, then shuts Serve down; returns the shell's exit code for
     that signal (130, 143). The handlers are our own, as `embedpipe run`'s are: a process started
     in the background of a shell without job control (`nohup embedpipe serve ... &`, a CI

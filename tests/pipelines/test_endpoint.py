@@ -12,9 +12,15 @@ import pytest
 from pipelines.config import ServeConfig
 from pipelines.serve.endpoint import Endpoint, ModelLoader
 from workers import Embedder, EmbedOptions
+from workers.model_dir import read_card
 
 
-def make_endpoint(model_dir, load_gate: threading.Event | None = None, **settings) -> Endpoint:
+def make_endpoint(
+    model_dir, load_gate: threading.Event | None = None, card_dir=None, **settings
+) -> Endpoint:
+    """An endpoint loading model_dir (whose card is card_dir's when given: a model that fails
+    to load still has the card the server read at start)."""
+
     def load() -> Embedder:
         if load_gate is not None:
             load_gate.wait(60)
@@ -26,7 +32,8 @@ def make_endpoint(model_dir, load_gate: threading.Event | None = None, **setting
         assert loader.embedder is not None
         return loader.embedder.embed(list(texts), options)
 
-    return Endpoint(ServeConfig(**settings), EmbedOptions(), loader, embed, "sha")
+    card = read_card(card_dir or model_dir)
+    return Endpoint(ServeConfig(**settings), EmbedOptions(), loader, embed, card, "minilm")
 
 
 def call(endpoint, body, path="/", method="POST", **headers):
@@ -85,8 +92,9 @@ def test_bad_requests_get_their_status_and_a_json_error(endpoint, body, status, 
 
 
 def test_wrong_routes_and_methods(endpoint):
-    assert call(endpoint, {"inputs": "x"}, "/v1/embeddings").status == 404
-    assert call(endpoint, b"", "/", "GET").status == 405
+    assert call(endpoint, {"inputs": "x"}, "/v2/embeddings").status == 404
+    wrong = call(endpoint, b"", "/", "GET")
+    assert wrong.status == 405 and wrong.headers["Allow"] == "POST"
     assert call(endpoint, b"", "/health", "GET").body["status"] == "ready"
 
 
@@ -94,10 +102,10 @@ def test_the_cache_answers_a_repeat_and_says_so(endpoint, minilm_dir):
     body = {"inputs": ["cache me", "and me"]}
     first, second = call(endpoint, body), call(endpoint, body)
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
-    assert first.body == second.body
+    assert np.array_equal(first.body, second.body)
     assert call(endpoint, body, x_use_cache="false").headers["x-cache"] == "miss"
     other = call(endpoint, {**body, "normalize": False})  # other options: another key
-    assert other.headers["x-cache"] == "miss" and other.body != first.body
+    assert other.headers["x-cache"] == "miss" and not np.array_equal(other.body, first.body)
     raw = Embedder.load(minilm_dir).embed(body["inputs"], EmbedOptions(normalize=False)).vectors
     np.testing.assert_allclose(np.array(other.body), raw, atol=1e-6)
 
@@ -135,12 +143,14 @@ def test_while_loading_503_with_an_estimate_unless_the_client_waits(minilm_dir):
     assert asyncio.run(wait_then_open()) == 200
 
 
-def test_a_model_that_fails_to_load_is_a_500_not_a_crash(tmp_path):
-    broken = make_endpoint(tmp_path / "no-model")
+def test_a_model_that_fails_to_load_is_a_500_not_a_crash(tmp_path, minilm_dir):
+    broken = make_endpoint(tmp_path / "no-model", card_dir=minilm_dir)
     assert asyncio.run(broken.loader.wait(30))
     answer = call(broken, {"inputs": "x"})
     assert answer.status == 500 and "failed to load" in answer.body["error"]
     assert str(tmp_path) not in json.dumps(answer.body)  # the server's paths stay on the server
+    health = call(broken, b"", "/health", "GET")
+    assert health.status == 500 and str(tmp_path) not in json.dumps(health.body)
 
 
 def test_an_unexpected_error_is_a_500_with_an_incident_id_and_no_internals(minilm_dir, caplog):
