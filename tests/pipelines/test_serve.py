@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import urllib.request
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from export.parity import cosines
-from pipelines.config import load_config
-from tests.pipelines.helpers import free_port, get_json, post, wait_healthy
+from pipelines.config import ServeJob, load_config
+from tests.pipelines.helpers import fetch, free_port, get_json, post, wait_healthy
 from workers import Embedder, EmbedOptions
 
 TOKEN = "s3cret-token"
@@ -29,17 +30,15 @@ def server(tmp_path_factory, minilm_dir):
     root = tmp_path_factory.mktemp("serve")
     port = free_port()
     conf = root / "serve.yaml"
-    conf.write_text(
+    conf.write_text(  # serve's sections only, as `embedpipe serve` reads them
         f"model: {{source: {minilm_dir}}}\n"
-        f"input: {{path: {root / 'in'}}}\n"
-        f"output: {{path: {root / 'out'}}}\n"
         "workers: {device: cpu, cpus_per_actor: 2}\n"
-        f"serve: {{port: {port}, api_tokens: [{TOKEN}], max_inputs: 16, "
+        f"serve: {{port: {port}, api_tokens: [{TOKEN}], max_inputs: 16, max_queue: 512, "
         "max_body_bytes: 100000, max_batch_requests: 64, batch_wait_s: 0.01}\n"
     )
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
-        start(load_config(conf), minilm_dir)
+        start(load_config(conf, schema=ServeJob), minilm_dir)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url)
         yield url
@@ -52,6 +51,12 @@ def server(tmp_path_factory, minilm_dir):
 def reference(minilm_dir):
     embedder = Embedder.load(minilm_dir)
     return lambda texts, **options: embedder.embed(texts, EmbedOptions(**options)).vectors
+
+
+@pytest.fixture(scope="module")
+def token_counts(minilm_dir):
+    embedder = Embedder.load(minilm_dir)
+    return lambda texts: int(embedder.embed(texts).n_tokens.sum())
 
 
 @pytest.mark.slow
@@ -205,3 +210,114 @@ def test_request_batch_and_latency_metrics_reach_rays_metrics(server):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             exported = answer.read().decode()
     assert 'status="200"' in exported
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "encoding", [None, "float", "base64"], ids=["sdk-default", "float", "base64"]
+)
+def test_openai_and_huggingface_clients_give_the_same_vectors(
+    server, reference, token_counts, parity_texts, encoding
+):
+    from huggingface_hub import InferenceClient
+    from openai import OpenAI
+
+    texts = [max(parity_texts, key=len), "a short one"]
+    client = OpenAI(base_url=server + "/v1", api_key=TOKEN, max_retries=0)
+    chosen = {} if encoding is None else {"encoding_format": encoding}
+    got = client.embeddings.create(input=texts, model="thenlper/gte-large", **chosen)
+    vectors = np.array([as_floats(d.embedding) for d in got.data], dtype=np.float32)
+    hub = InferenceClient(model=server, token=TOKEN).feature_extraction(texts)  # type: ignore[arg-type]
+    assert vectors.shape == (2, 384) and [d.index for d in got.data] == [0, 1]
+    assert cosines(vectors, hub).min() >= 0.99999
+    assert cosines(vectors, reference(texts)).min() >= 0.99999
+    assert got.model == "minilm-fp32"  # the export's directory name, not its path
+    assert got.usage.prompt_tokens == got.usage.total_tokens == token_counts(texts)
+    short = client.embeddings.create(input="a short one", model="m", dimensions=128, **chosen)
+    cut = as_floats(short.data[0].embedding)
+    assert cut.shape == (128,) and abs(np.linalg.norm(cut) - 1) < 1e-5
+
+
+def as_floats(embedding: list[float] | str) -> np.ndarray:
+    """An SDK embedding: floats, or (encoding_format="base64" asked by the caller, which the SDK
+    hands back as it came) little-endian float32 bytes in base64."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), "<f4")
+    return np.array(embedding, dtype=np.float32)
+
+
+@pytest.mark.slow
+def test_openai_client_raises_the_servers_errors(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key=TOKEN, max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError, match="from 1 to 384"):
+        client.embeddings.create(input="x", model="m", dimensions=1000)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).embeddings.create(
+            input="x", model="m"
+        )
+
+
+@pytest.mark.slow
+def test_tei_routes_metrics_and_timing_headers_over_http(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    body = json.dumps({"inputs": ["tei route"], "dimensions": 16}).encode()
+    code, headers, vectors = post(server + "/embed", body, **auth)
+    assert code == 200 and np.array(vectors).shape == (1, 16)
+    assert all(headers[h].isdigit() for h in ("x-compute-time", "x-inference-time", "x-queue-time"))
+    code, _, info = fetch(server + "/info", **auth)
+    assert code == 200 and json.loads(info)["model_id"] == "minilm-fp32"
+    code, _, tokens = post(
+        server + "/tokenize", json.dumps({"inputs": "hi there"}).encode(), **auth
+    )
+    assert code == 200 and [t["text"] for t in tokens[0]] == ["[CLS]", "hi", "there", "[SEP]"]
+    code, headers, text = fetch(server + "/metrics")  # no token needed
+    families = {f.name for f in text_string_to_metric_families(text.decode())}
+    assert code == 200 and {"embedpipe_http_requests", "embedpipe_queue_size"} <= families
+    assert fetch(server + "/info")[0] == 401
+    code, _, missing = post(server + "/v2/nothing", body, **auth)
+    assert code == 404 and "/v1/embeddings" in missing["error"]
+
+
+@pytest.mark.slow
+def test_a_flood_over_max_queue_gets_only_200_or_429(server, minilm_dir):
+    import aiohttp
+    from ray import serve
+
+    from pipelines.serve.server import application
+
+    small = ServeJob.model_validate(
+        {
+            "model": {"source": str(minilm_dir)},
+            "workers": {"device": "cpu", "cpus_per_actor": 1},
+            "serve": {"max_queue": 4, "api_tokens": [TOKEN]},
+        }
+    )
+    serve.run(application(small, minilm_dir), name="small", route_prefix="/small")
+    wait_healthy(server + "/small")
+    headers = {"authorization": f"Bearer {TOKEN}", "x-use-cache": "false"}
+    answers: list[tuple[int, str | None]] = []
+
+    async def client(session: aiohttp.ClientSession, k: int) -> None:
+        for i in range(4):
+            text = f"flood {k} {i} " + "word " * 100
+            async with session.post(
+                server + "/small/embed", json={"inputs": text}, headers=headers
+            ) as got:
+                await got.read()
+                answers.append((got.status, got.headers.get("Retry-After")))
+
+    async def flood() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+            await asyncio.gather(*(client(session, k) for k in range(48)))
+
+    try:
+        asyncio.run(flood())
+    finally:
+        serve.delete("small")
+    statuses = [s for s, _ in answers]
+    assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) > 0
+    assert all(retry is not None and int(retry) >= 1 for s, retry in answers if s == 429)

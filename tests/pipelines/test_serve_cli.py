@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import has_gpu
 from tests.pipelines.helpers import free_port, post, wait_healthy
 
 
@@ -26,10 +25,9 @@ def serve_command(tmp_path, minilm_dir, *more: str) -> tuple[subprocess.Popen, s
     tokens = tmp_path / "tokens"
     tokens.write_text("# one token a line\nfile-token\n\n")
     conf = tmp_path / "serve.yaml"
+    # serve's sections only: no batch job's input or output
     conf.write_text(
-        f"model: {{source: {minilm_dir}}}\n"
-        f"input: {{path: {tmp_path}}}\noutput: {{path: {tmp_path / 'out'}}}\n"
-        "workers: {device: cpu, cpus_per_actor: 1}\n"
+        f"model: {{source: {minilm_dir}}}\nworkers: {{device: cpu, cpus_per_actor: 1}}\n"
     )
     port = free_port()
     command = [sys.executable, "-m", "pipelines.cli", "serve", str(conf)]
@@ -74,10 +72,23 @@ def test_ctrl_c_while_the_server_starts_stops_it_once_up(tmp_path, minilm_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(has_gpu(), reason="needs a machine where a GPU replica cannot be placed")
+def test_cuda_replicas_without_the_gpus_fail_at_once_naming_them(tmp_path, minilm_dir):
+    """More CUDA replicas than the machine has GPUs (none here, one on the GPU machine)."""
+    proc, _ = serve_command(tmp_path, minilm_dir, "workers.device=cuda", "serve.replicas=64")
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "serve.log").read_text()
+    assert code == 1 and "GPU(s) for serve.replicas=64" in log, log
+
+
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_a_start_up_that_cannot_finish(tmp_path, minilm_dir):
-    """A CUDA replica on a machine without a GPU is never placed, so Serve never comes up."""
-    proc, _ = serve_command(tmp_path, minilm_dir, "workers.device=cuda")
+    """A replica that asks more CPUs than the machine has is never placed, so Serve never
+    comes up (a cluster's autoscaler could add them: this waits rather than fails)."""
+    proc, _ = serve_command(tmp_path, minilm_dir, "workers.cpus_per_actor=64")
     try:
         wait_for_serving(proc, tmp_path / "serve.log")
         time.sleep(2)  # into Serve's start-up
