@@ -64,7 +64,7 @@ bench-scale: setup ## driver peak RSS and planning time at 1M, 10M and 30M synth
 bench-cache: setup ## re-index of the stdlib corpus with 10% changed, use_cache vs a full recompute -> bench/results/cache.json
 	$(PY) bench/cache.py --out bench/results/cache.json
 
-bench-serve: setup ## embedpipe serve at 1, 16 and 128 concurrent clients, packaged model on CPU -> bench/results/serve.json
+bench-serve: setup ## embedpipe serve (feature extraction and OpenAI routes, max_queue on) at 1/16/128 clients, and answer encoding -> bench/results/serve.json
 	$(PY) bench/serve.py --out bench/results/serve.json
 
 bench-pipeline: setup ## bare embedder vs embedpipe run, and 10k/100k/1M-row scaling -> bench/results/pipeline.json
