@@ -72,6 +72,10 @@ class InputConfig(_Section):
 class OutputConfig(_Section):
     path: str  # a local directory or s3://bucket/prefix
     partition_by: list[str] = Field(default_factory=list)
+    # The embedding column (output/layout.py): the first `dimensions` values (null: all), at
+    # `precision`; binary packs 8 values a byte (int8 offset by 128; ubinary as uint8).
+    dimensions: int | None = Field(default=None, ge=1)
+    precision: Literal["float32", "float16", "binary", "ubinary"] = "float32"
 
 
 class OptionsConfig(_Section):

@@ -25,6 +25,7 @@ from pipelines.inputs.listing import (
 from pipelines.inputs.planning import Task, plan_tasks, require_columns
 from pipelines.inputs.readers import InputError, InputFile
 from pipelines.output.fingerprint import build_fingerprint
+from pipelines.output.layout import Layout, LayoutError
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.stores import is_remote, scheme_of
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
@@ -58,7 +59,12 @@ class Job:
             prompt=self.prompt,
             use_cache=self.config.run.use_cache,
             storage=self.storage,
+            layout=self.layout,
         )
+
+    @property
+    def layout(self) -> Layout:
+        return layout_of(self.config, self.card)
 
 
 def prepare(config: Config) -> Job:
@@ -76,8 +82,17 @@ def prepare(config: Config) -> Job:
         prompt = prompt_for(card, config.embedding.options())
     except OptionError as err:
         raise ConfigError(f"embedding.prompt_name: {err}") from err
-    fingerprint = build_fingerprint(config, card, files)
+    fingerprint = build_fingerprint(config, card, files, layout_of(config, card))
     return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage)
+
+
+def layout_of(config: Config, card: ModelCard) -> Layout:
+    """The output's layout, checked against the model: a ConfigError naming the key if not."""
+    out = config.output
+    try:
+        return Layout.of(card.dim, out.dimensions, out.precision, config.embedding.normalize)
+    except LayoutError as err:
+        raise ConfigError(str(err)) from err
 
 
 def required_columns(inp: InputConfig) -> dict[str, str]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pipelines.batch.repeated_ids import repeats_of
 from pipelines.inputs.planning import Task, read_task
 from pipelines.output.faults import check_write
+from pipelines.output.layout import Layout
 from pipelines.output.markers import DoneMarker, PartFile
 from pipelines.output.part_files import (
     embeddings_table,
@@ -67,6 +68,10 @@ class TaskSpec:
     sources: Sources = field(default_factory=Sources)
     repeat_refs: int = 0  # how many of the objects fetched for it are repeated_ids.py's
     storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
+    layout: Layout | None = None  # output.dimensions and precision; None: the model's float32
+
+    def layout_for(self, dim: int) -> Layout:
+        return self.layout or Layout.of(dim, None, "float32", self.options.normalize)
 
 
 def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
@@ -134,16 +139,16 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
 def resolve(
     embedder: Embedder, spec: TaskSpec, texts: list[object], digest: TextDigest
 ) -> Resolved:
+    layout = spec.layout_for(embedder.card.dim)
     if not spec.use_cache:
-        return embed_all(embedder, texts, spec.options)
-    dim = embedder.card.dim
+        return embed_all(embedder, texts, spec.options, layout)
     sources = spec.sources
-    cache = read_known(sources.cache_files, digest.hashes, dim, spec.storage)
-    done = read_known(sources.run_files, digest.hashes, dim, spec.storage)
+    cache = read_known(sources.cache_files, digest.hashes, layout, spec.storage)
+    done = read_known(sources.run_files, digest.hashes, layout, spec.storage)
     key = waiter_key(spec.task.task_id)
-    handed = read_handed(out_tree(spec), sources.share_owners, key, dim)
-    run = known_of([(done.hashes, done.rows), (handed.hashes, handed.rows)], dim)
-    return embed_or_copy(embedder, texts, digest, spec.options, cache, run)
+    handed = read_handed(out_tree(spec), sources.share_owners, key, layout)
+    run = known_of([(done.hashes, done.rows), (handed.hashes, handed.rows)], layout)
+    return embed_or_copy(embedder, texts, digest, spec.options, cache, run, layout)
 
 
 def hand_on(spec: TaskSpec, shared: Shared) -> None:

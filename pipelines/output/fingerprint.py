@@ -16,14 +16,20 @@ from typing import Any
 from pipelines.config import Config
 from pipelines.inputs.line_ranges import splits_by_bytes
 from pipelines.inputs.readers import InputFile
+from pipelines.output.layout import Layout
 from workers.model_dir import ModelCard
 
 FINGERPRINT_FILE = "_embedpipe.json"
 FINGERPRINT_KEY = b"embedpipe.fingerprint"  # in each part file's schema metadata
 
 
-def build_fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -> dict[str, Any]:
+def build_fingerprint(
+    config: Config, card: ModelCard, files: list[InputFile], layout: Layout
+) -> dict[str, Any]:
     inp, out = config.input, config.output
+    # output.dimensions and precision, only when not the default (so an output made before
+    # they existed keeps its fingerprint): what the embedding column holds
+    vectors = {"vectors": found} if (found := layout.fingerprint()) else {}
     return {
         "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
         "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),
@@ -39,9 +45,14 @@ def build_fingerprint(config: Config, card: ModelCard, files: list[InputFile]) -
         # JSON Lines are cut into tasks by bytes: an output made when they were cut by rows
         # would see its done tasks as new ones
         "inputs": [{"key": f.key, "format": f.format, **_split(f)} for f in files],
-        "schema": "id string, embedding fixed_size_list<float32>[dim], n_tokens int32, "
+        "schema": f"id string, embedding {_embedding(layout)}, n_tokens int32, "
         "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
+        **vectors,
     }
+
+
+def _embedding(layout: Layout) -> str:
+    return "fixed_size_list<float32>[dim]" if layout.is_default else layout.describe()
 
 
 def _split(file: InputFile) -> dict[str, str]:

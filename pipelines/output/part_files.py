@@ -1,12 +1,12 @@
 """Part files: one task's embeddings (and its rejects) as Parquet, written atomically.
 
 Declared schema: `id` string (ids from CSV, JSON and Parquet shards agree, and "00123" stays
-"00123"), `embedding` FixedSizeList<float32, dim>, `n_tokens` int32, `truncated` bool,
-`text_hash` fixed_size_binary(16) (workers/text_hash.py says which hash), then the kept
-columns; the run fingerprint rides in the schema metadata, so a lone part file still says which
-model and options made it. A file is built whole in memory and written whole (storage/tree.py:
-a rename locally, one PUT on an object store), so a reader never sees half a file. Same rows
-in, same bytes out, wherever they are written.
+"00123"), `embedding` FixedSizeList<float32, dim> (or as output/layout.py says), `n_tokens`
+int32, `truncated` bool, `text_hash` fixed_size_binary(16) (workers/text_hash.py says which
+hash), then the kept columns; the run fingerprint rides in the schema metadata, so a lone part
+file still says which model and options made it. A file is built whole in memory and written
+whole (storage/tree.py: a rename locally, one PUT on an object store), so a reader never sees
+half a file. Same rows in, same bytes out, wherever they are written.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def embeddings_table(
     kept: pa.Table,
     fingerprint: str,
 ) -> pa.Table:
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1))  # the layout's dtype
     columns = {
         "id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),

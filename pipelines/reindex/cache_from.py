@@ -34,8 +34,10 @@ from pipelines.storage.settings import StorageSettings
 log = logging.getLogger(__name__)
 
 # What must match for a vector to be reused; the rest of a fingerprint (input listing, columns,
-# partitioning) changes which rows there are, not what a text's vector is.
-DECIDES_VECTORS = ("model", "options")
+# partitioning) changes which rows there are, not what a text's vector is. `vectors` is the
+# output's dimensions and precision: only outputs of the same layout are reused (a row is
+# copied as stored, never converted).
+DECIDES_VECTORS = ("model", "options", "vectors")
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
     found = [
         d
         for key in DECIDES_VECTORS
-        for d in diff(theirs.get(key), ours[key], key, ("there", "in this run"))
+        for d in diff(theirs.get(key), ours.get(key), key, ("there", "in this run"))
     ]
     if not found:
         return None

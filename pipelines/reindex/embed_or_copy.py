@@ -4,7 +4,8 @@ The driver names the files (reindex/plan.py), and the earlier tasks of this run 
 one vectors (shares.py); here they are looked up by text hash. A row whose text
 is in none of them (its file was removed since, or the task that held it failed) is embedded:
 a missing copy costs time, never a row. Copied rows keep the `n_tokens` and `truncated` the
-file recorded, which the same text and options give again.
+file recorded, which the same text and options give again. Rows are in the output's layout
+(output/layout.py): embedded ones are encoded once, copied ones taken as stored.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.output.layout import Layout
 from pipelines.output.part_files import hashes_of
 from pipelines.reindex.shares import read_shared, share_path
 from pipelines.storage import stores
@@ -57,26 +59,29 @@ class Resolved:
 
 
 def read_known(
-    files: Sequence[str], wanted: np.ndarray, dim: int, storage: StorageSettings | None = None
+    files: Sequence[str],
+    wanted: np.ndarray,
+    layout: Layout,
+    storage: StorageSettings | None = None,
 ) -> Known:
-    """The vectors (`dim` wide) of the wanted digests that the files (local or object-store
+    """The rows (in `layout`) of the wanted digests that the files (local or object-store
     locations) hold."""
     storage = storage or StorageSettings()
     parts = []
     for name in files:
         try:
-            found = _read_matching(name, wanted, storage)
+            found = _read_matching(name, wanted, layout, storage)
         except (OSError, ValueError) as err:  # gone or damaged since the driver planned
             log.warning("not copying from %s (%s): its rows are embedded instead", name, err)
             continue
         if found is not None:
             parts.append(found)
-    return known_of(parts, dim)
+    return known_of(parts, layout)
 
 
-def read_handed(out: Tree, owners: Sequence[str], key: int, dim: int) -> Known:
+def read_handed(out: Tree, owners: Sequence[str], key: int, layout: Layout) -> Known:
     """What the owners' share files (shares.py) hold for the waiter `key`. An owner whose file
-    is gone, damaged or of another width hands nothing: its texts are embedded here."""
+    is gone, damaged or of another layout hands nothing: its texts are embedded here."""
     parts = []
     for owner in owners:
         where = share_path(owner)
@@ -85,26 +90,27 @@ def read_handed(out: Tree, owners: Sequence[str], key: int, dim: int) -> Known:
         except (OSError, ValueError) as err:  # still running, failed, or wrote nothing to share
             log.debug("nothing handed on by %s (%s): those texts are embedded here", owner, err)
             continue
-        if records is None or records["vector"].shape[1:] != (dim,):
+        row_bytes = layout.width * layout.dtype.itemsize
+        if records is None or records["vector"].shape[1:] != (row_bytes,):
             log.warning("%s is not a share file of this run: not copying from it", where)
             continue
-        parts.append((records["hash"], as_embeddings(records)))
-    return known_of(parts, dim)
+        parts.append((records["hash"], as_embeddings(records, layout)))
+    return known_of(parts, layout)
 
 
-def as_embeddings(records: np.ndarray) -> Embeddings:
+def as_embeddings(records: np.ndarray, layout: Layout) -> Embeddings:
     n = len(records)
     return Embeddings(
-        records["vector"].astype(np.float32),
+        np.ascontiguousarray(records["vector"]).view(layout.dtype).reshape(n, layout.width),
         records["n_tokens"].astype(np.int32),
         records["truncated"].astype(bool),
         (None,) * n,
     )
 
 
-def known_of(parts: Sequence[tuple[np.ndarray, Embeddings]], dim: int) -> Known:
+def known_of(parts: Sequence[tuple[np.ndarray, Embeddings]], layout: Layout) -> Known:
     """One Known from several sources; where two hold a digest, the first one's row."""
-    empty = (np.zeros(0, HASH_DTYPE), Embeddings(np.zeros((0, dim), np.float32), *_none()))
+    empty = (np.zeros(0, HASH_DTYPE), Embeddings(layout.empty(), *_none()))
     parts = [empty, *parts]
     hashes = np.concatenate([h for h, _ in parts])
     _, first = np.unique(hashes, return_index=True)
@@ -112,7 +118,7 @@ def known_of(parts: Sequence[tuple[np.ndarray, Embeddings]], dim: int) -> Known:
 
 
 def _read_matching(
-    name: str, wanted: np.ndarray, storage: StorageSettings
+    name: str, wanted: np.ndarray, layout: Layout, storage: StorageSettings
 ) -> tuple[np.ndarray, Embeddings] | None:
     # the hashes first: a file holding none of the wanted texts costs no vector read
     hashes = hashes_of(stores.read_parquet(name, storage, ["text_hash"]).column("text_hash"))
@@ -121,9 +127,11 @@ def _read_matching(
         return None
     table = stores.read_parquet(name, storage, COPIED).take(rows)
     embedding = table.column("embedding").combine_chunks()
+    if embedding.type != layout.arrow_type():
+        raise ValueError(f"its embedding column is {embedding.type}, not {layout.describe()}")
     vectors = embedding.flatten().to_numpy(zero_copy_only=False)
     return hashes[rows], Embeddings(
-        vectors.reshape(-1, embedding.type.list_size).astype(np.float32, copy=False),
+        vectors.reshape(-1, layout.width),
         table.column("n_tokens").to_numpy().astype(np.int32),
         table.column("truncated").to_numpy(zero_copy_only=False).astype(bool),
         (None,) * len(rows),
@@ -144,9 +152,11 @@ def _concat(parts: Sequence[Embeddings]) -> Embeddings:
     )
 
 
-def embed_all(embedder: Embedder, texts: list[object], options: EmbedOptions) -> Resolved:
+def embed_all(
+    embedder: Embedder, texts: list[object], options: EmbedOptions, layout: Layout
+) -> Resolved:
     """Every row through the model (use_cache off, like the API's x-use-cache: false)."""
-    result = embedder.embed(texts, options)
+    result = encoded(embedder.embed(texts, options), layout)
     ok = result.ok
     return Resolved(result, int(ok.sum()), int(result.n_tokens[ok].sum()), 0, 0)
 
@@ -158,6 +168,7 @@ def embed_or_copy(
     options: EmbedOptions,
     cache: Known,
     run: Known,
+    layout: Layout,
 ) -> Resolved:
     """Rows from the cache, then from this run's other part files, the rest embedded once per
     distinct text (a text that cannot be hashed is embedded on its own, to get its reason)."""
@@ -171,7 +182,7 @@ def embed_or_copy(
     target = np.arange(len(rest))
     target[distinct] = np.flatnonzero(distinct)[first[inverse.reshape(-1)]]
     heads = np.unique(target)
-    result = embedder.embed([texts[rest[h]] for h in heads], options)
+    result = encoded(embedder.embed([texts[rest[h]] for h in heads], options), layout)
 
     # each row takes its row from one pool: the cache's rows, then the run's, then the model's
     n_cache, n_run = len(cache.hashes), len(run.hashes)
@@ -191,3 +202,8 @@ def embed_or_copy(
         from_cache=int((from_cache >= 0).sum()),
         deduplicated=int((from_run >= 0).sum()) + written_rest - embedded,
     )
+
+
+def encoded(result: Embeddings, layout: Layout) -> Embeddings:
+    """The model's rows in the output's layout (the default layout keeps them as they are)."""
+    return result if layout.is_default else replace(result, vectors=layout.encode(result.vectors))

@@ -29,15 +29,21 @@ from workers import Embeddings
 from workers.text_hash import HASH_DTYPE, TextDigest
 
 SHARES = "_state/shares"
-MAGIC = b"EPSHR01\n"
-PREFIX = np.dtype([("magic", "S8"), ("waiters", "<u4"), ("dim", "<u4")])
+MAGIC = b"EPSHR02\n"  # 02: rows as the output's layout stores them (raw bytes)
+PREFIX = np.dtype([("magic", "S8"), ("waiters", "<u4"), ("row_bytes", "<u4")])
 # One owner row a waiter wants: positions in run order, the row within the owner's task.
 SHARE = np.dtype([("owner", "<u4"), ("row", "<u4"), ("waiter", "<u4")])
 
 
-def record_dtype(dim: int) -> np.dtype:
+def record_dtype(row_bytes: int) -> np.dtype:
+    """One shared row; its vector as the bytes of the output's layout (output/layout.py)."""
     return np.dtype(
-        [("hash", HASH_DTYPE), ("n_tokens", "<i4"), ("truncated", "u1"), ("vector", "<f4", dim)]
+        [
+            ("hash", HASH_DTYPE),
+            ("n_tokens", "<i4"),
+            ("truncated", "u1"),
+            ("vector", "u1", row_bytes),
+        ]
     )
 
 
@@ -72,17 +78,18 @@ class Shared:
 
 def share_file(shared: Shared) -> bytes:
     """The file: PREFIX, the sorted distinct waiter keys, their record offsets, the records."""
-    dim = shared.rows.vectors.shape[1]
+    vectors = np.ascontiguousarray(shared.rows.vectors)
+    row_bytes = vectors.shape[1] * vectors.dtype.itemsize
     order = np.argsort(shared.keys, kind="stable")
     keys = shared.keys[order]
     distinct, starts = np.unique(keys, return_index=True)
-    records = np.empty(len(order), record_dtype(dim))
+    records = np.empty(len(order), record_dtype(row_bytes))
     records["hash"] = shared.hashes[order]
     records["n_tokens"] = shared.rows.n_tokens[order]
     records["truncated"] = shared.rows.truncated[order]
-    records["vector"] = shared.rows.vectors[order]
+    records["vector"] = vectors.view(np.uint8).reshape(len(vectors), row_bytes)[order]
     prefix = np.zeros((), PREFIX)
-    prefix["magic"], prefix["waiters"], prefix["dim"] = MAGIC, len(distinct), dim
+    prefix["magic"], prefix["waiters"], prefix["row_bytes"] = MAGIC, len(distinct), row_bytes
     at = np.append(starts, len(order)).astype("<u8")
     return prefix.tobytes() + distinct.astype("<u8").tobytes() + at.tobytes() + records.tobytes()
 
@@ -93,7 +100,7 @@ def read_shared(read: Callable[[int, int], bytes], key: int) -> np.ndarray | Non
     prefix = np.frombuffer(read(0, PREFIX.itemsize), PREFIX)[0]
     if prefix["magic"] != MAGIC:
         return None
-    waiters, record = int(prefix["waiters"]), record_dtype(int(prefix["dim"]))
+    waiters, record = int(prefix["waiters"]), record_dtype(int(prefix["row_bytes"]))
     index = read(PREFIX.itemsize, 16 * waiters + 8)
     keys = np.frombuffer(index[: 8 * waiters], "<u8")
     at = np.frombuffer(index[8 * waiters :], "<u8")

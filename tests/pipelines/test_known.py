@@ -9,10 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipelines.output.layout import Layout
 from pipelines.output.part_files import embeddings_table, write_parquet_atomic
 from pipelines.reindex.embed_or_copy import embed_or_copy, read_known
 from workers import Embedder, EmbedOptions
 from workers.text_hash import text_hashes
+
+FULL = Layout.of(384, None, "float32", True)
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +46,10 @@ def test_rows_are_copied_embedded_once_or_rejected_each_in_its_place(tmp_path, e
     earlier = write_part(tmp_path / "t0.parquet", ["gamma"], 0.25)
     gone, damaged = tmp_path / "gone.parquet", tmp_path / "damaged.parquet"
     damaged.write_bytes(b"not parquet")
-    cache = read_known([cached, str(gone), str(damaged)], hashes, 384)
-    run = read_known([earlier], hashes, 384)
+    cache = read_known([cached, str(gone), str(damaged)], hashes, FULL)
+    run = read_known([earlier], hashes, FULL)
 
-    found = embed_or_copy(embedder, texts, digest, EmbedOptions(), cache, run)
+    found = embed_or_copy(embedder, texts, digest, EmbedOptions(), cache, run, FULL)
     assert (found.embedded, found.from_cache, found.deduplicated) == (1, 1, 3)
     assert found.rows.errors == (None, None, None, "text is null", None, None)
     assert (
@@ -65,8 +68,8 @@ def test_everything_copied_runs_no_model(tmp_path, embedder):
     texts = ["beta", "beta"]
     digest = text_hashes("", texts)
     hashes = digest.hashes
-    cache = read_known([write_part(tmp_path / "old.parquet", ["beta"], 0.5)], hashes, 384)
-    empty = read_known([], hashes, 384)
-    found = embed_or_copy(embedder, texts, digest, EmbedOptions(), cache, empty)
+    cache = read_known([write_part(tmp_path / "old.parquet", ["beta"], 0.5)], hashes, FULL)
+    empty = read_known([], hashes, FULL)
+    found = embed_or_copy(embedder, texts, digest, EmbedOptions(), cache, empty, FULL)
     assert (found.embedded, found.from_cache, found.deduplicated, found.tokens) == (0, 2, 0, 0)
     assert found.rows.device_s == 0.0 and np.all(found.rows.vectors == 0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.output.layout import Layout
 from pipelines.reindex.embed_or_copy import read_handed
 from pipelines.reindex.shares import (
     SHARE,
@@ -18,6 +19,10 @@ from pipelines.reindex.shares import (
 from pipelines.storage.tree import Tree
 from workers import Embeddings
 from workers.text_hash import text_hashes
+
+
+def layout(dim: int) -> Layout:
+    return Layout.of(dim, None, "float32", True)
 
 
 def rows(values: list[float], dim: int = 3, errors: tuple = ()) -> Embeddings:
@@ -42,7 +47,8 @@ def test_a_waiter_reads_exactly_its_own_slice_of_an_owners_file():
     found = read_shared(read, waiter_key("t9"))
     assert found is not None and len(reads) == 3
     assert sorted(found["hash"].tolist()) == sorted(text_hashes("", ["a", "c"]).hashes.tolist())
-    by_hash = dict(zip(found["hash"].tolist(), found["vector"][:, 0].tolist(), strict=True))
+    floats = np.ascontiguousarray(found["vector"]).view("<f4")  # rows stored as their bytes
+    by_hash = dict(zip(found["hash"].tolist(), floats[:, 0].tolist(), strict=True))
     assert by_hash[text_hashes("", ["c"]).hashes[0]] == 3.0
     assert found["n_tokens"].tolist() == [5, 7] and found["truncated"].tolist() == [0, 0]
     # the slice read is the records of t9 only: two of the four
@@ -73,7 +79,7 @@ def test_an_owner_that_handed_nothing_leaves_its_texts_to_the_waiter(tmp_path):
     )
     out.write_bytes(share_path("t0"), share_file(shared))
     out.write_bytes(share_path("t8"), b"not a share file at all, but long enough to read")
-    found = read_handed(out, ["t0", "gone", "t8"], waiter_key("t1"), 3)
+    found = read_handed(out, ["t0", "gone", "t8"], waiter_key("t1"), layout(3))
     assert sorted(found.hashes.tolist()) == sorted(text_hashes("", texts).hashes.tolist())
-    assert read_handed(out, ["t0"], waiter_key("t1"), 5).hashes.size == 0  # another width
-    assert read_handed(out, ["t0"], waiter_key("t2"), 3).hashes.size == 0
+    assert read_handed(out, ["t0"], waiter_key("t1"), layout(5)).hashes.size == 0  # another width
+    assert read_handed(out, ["t0"], waiter_key("t2"), layout(3)).hashes.size == 0
