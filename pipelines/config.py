@@ -75,7 +75,11 @@ class OutputConfig(_Section):
     # The embedding column (output/layout.py): the first `dimensions` values (null: all), at
     # `precision`; binary packs 8 values a byte (int8 offset by 128; ubinary as uint8).
     dimensions: int | None = Field(default=None, ge=1)
-    precision: Literal["float32", "float16", "binary", "ubinary"] = "float32"
+    precision: Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"] = "float32"
+    # int8/uint8: each dimension's range, from a file ({"min", "max"} JSON, a (2, d) .npy) or an
+    # earlier output; else from this many texts embedded before the run (batch/calibration.py)
+    calibration: str | None = None
+    calibration_rows: int = Field(default=10_000, ge=1)
 
 
 class OptionsConfig(_Section):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.batch.calibration import ranges_from, with_ranges
 from pipelines.batch.task import TaskSpec
 from pipelines.config import Config, ConfigError, InputConfig, ServeJob
 from pipelines.inputs.listing import (
@@ -25,7 +27,7 @@ from pipelines.inputs.listing import (
 from pipelines.inputs.planning import Task, plan_tasks, require_columns
 from pipelines.inputs.readers import InputError, InputFile
 from pipelines.output.fingerprint import build_fingerprint
-from pipelines.output.layout import Layout, LayoutError
+from pipelines.output.layout import QUANTIZED, Layout, LayoutError, Ranges
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.stores import is_remote, scheme_of
 from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
@@ -44,6 +46,15 @@ class Job:
     fingerprint: dict[str, Any]
     prompt: str = ""  # the model's prompt for the configured prompt_name
     storage: StorageSettings = field(default_factory=StorageSettings)
+    layout: Layout | None = None  # the embedding column; None: the model's float32
+
+    def with_ranges(self, ranges: Ranges) -> Job:
+        """This job once its int8/uint8 ranges are known (calibration.py): the layout and the
+        fingerprint hold them."""
+        assert self.layout is not None
+        layout = with_ranges(self.layout, ranges)
+        fingerprint = build_fingerprint(self.config, self.card, self.files, layout)
+        return dataclasses.replace(self, layout=layout, fingerprint=fingerprint)
 
     def spec(self, task: Task) -> TaskSpec:
         inp, out = self.config.input, self.config.output
@@ -62,10 +73,6 @@ class Job:
             layout=self.layout,
         )
 
-    @property
-    def layout(self) -> Layout:
-        return layout_of(self.config, self.card)
-
 
 def prepare(config: Config) -> Job:
     inp = config.input
@@ -82,15 +89,21 @@ def prepare(config: Config) -> Job:
         prompt = prompt_for(card, config.embedding.options())
     except OptionError as err:
         raise ConfigError(f"embedding.prompt_name: {err}") from err
-    fingerprint = build_fingerprint(config, card, files, layout_of(config, card))
-    return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage)
+    layout = layout_of(config, card, storage)
+    fingerprint = build_fingerprint(config, card, files, layout)
+    return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage, layout)
 
 
-def layout_of(config: Config, card: ModelCard) -> Layout:
-    """The output's layout, checked against the model: a ConfigError naming the key if not."""
+def layout_of(config: Config, card: ModelCard, storage: StorageSettings) -> Layout:
+    """The output's layout, checked against the model, with output.calibration's ranges where
+    given: a ConfigError naming the key if not."""
     out = config.output
+    quantized = out.precision in QUANTIZED
+    ranges = ranges_from(out.calibration, storage) if quantized and out.calibration else None
     try:
-        return Layout.of(card.dim, out.dimensions, out.precision, config.embedding.normalize)
+        return Layout.of(
+            card.dim, out.dimensions, out.precision, config.embedding.normalize, ranges
+        )
     except LayoutError as err:
         raise ConfigError(str(err)) from err
 

@@ -17,11 +17,20 @@ import signal
 import time
 from typing import Any
 
+import ray
+
+from pipelines.batch.calibration import sample_ranges, sample_request, stored_ranges
 from pipelines.batch.cluster import connect, plan_actors, start_actors
 from pipelines.batch.counting import count_inputs
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config
-from pipelines.batch.prepass import ReusePlan, collect_digests, meet_repeats, plan_reuse
+from pipelines.batch.prepass import (
+    ReusePlan,
+    answers,
+    collect_digests,
+    meet_repeats,
+    plan_reuse,
+)
 from pipelines.batch.progress import Progress
 from pipelines.config import Config
 from pipelines.inputs.planning import Task, number_rows
@@ -52,6 +61,7 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
     state = RunState(job.config.output.path, job.storage)
     state.acquire()
     try:
+        job = adopt_ranges(job, state)
         state.check_fingerprint(job.fingerprint)
         clock = time.monotonic()
         job = count_inputs(job, stop)  # CSV and compressed shards, on the cluster
@@ -169,6 +179,7 @@ def drive(
     usage: dict[str, float],
 ) -> Driver:
     run, clock = job.config.run, time.monotonic()
+    job = calibrated(job, state, actors, stop)
     # Done tasks first: a repeat is always the occurrence not yet written, never a written one.
     order = [t for t in job.tasks if t not in todo] + todo
     digests = collect_digests(job, actors, order, stop)
@@ -189,6 +200,36 @@ def drive(
     driver = Driver(job, state, actors, progress, plans, stop)
     driver.run(todo, digests.unread)
     return driver
+
+
+def adopt_ranges(job: Job, state: RunState) -> Job:
+    """A resumed int8/uint8 run quantizes with the ranges its output records."""
+    if job.layout is None or not job.layout.needs_ranges:
+        return job
+    ranges = stored_ranges(state.stored_fingerprint())
+    return job if ranges is None else job.with_ranges(ranges)
+
+
+def calibrated(job: Job, state: RunState, actors: list[Any], stop: StopRequest) -> Job:
+    """The job with its int8/uint8 ranges from a sample embedded on an actor, recorded in the
+    output's fingerprint before any task runs (calibration.py)."""
+    layout = job.layout
+    if layout is None or not layout.needs_ranges:
+        return job
+    out = job.config.output
+    log.info("calibrating %s: embedding %d sample texts", layout.precision, out.calibration_rows)
+    ask = sample_request(
+        job.tasks,
+        out.calibration_rows,
+        job.config.input.text_column,
+        job.config.embedding.options(),
+        layout,
+    )
+    send = lambda actor, request: actor.call.remote(sample_ranges, request)  # noqa: E731
+    ((_, (ref,)),) = list(answers(actors, [ask], send, job.config.run, stop, "calibrating"))
+    job = job.with_ranges(ray.get(ref))
+    state.complete_fingerprint(job.fingerprint)
+    return job
 
 
 def build_report(

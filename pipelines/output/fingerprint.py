@@ -16,7 +16,7 @@ from typing import Any
 from pipelines.config import Config
 from pipelines.inputs.line_ranges import splits_by_bytes
 from pipelines.inputs.readers import InputFile
-from pipelines.output.layout import Layout
+from pipelines.output.layout import QUANTIZED, Layout
 from workers.model_dir import ModelCard
 
 FINGERPRINT_FILE = "_embedpipe.json"
@@ -30,6 +30,8 @@ def build_fingerprint(
     # output.dimensions and precision, only when not the default (so an output made before
     # they existed keeps its fingerprint): what the embedding column holds
     vectors = {"vectors": found} if (found := layout.fingerprint()) else {}
+    if layout.precision in QUANTIZED:  # where the ranges came from
+        vectors["vectors"]["calibration"] = out.calibration or {"rows": out.calibration_rows}
     return {
         "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
         "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),

@@ -4,8 +4,12 @@ output.precision.
 dimensions (Matryoshka): the first d values, normalized again when embedding.normalize is on, as
 TEI and sentence-transformers' `truncate_dim` do. precision follows sentence-transformers'
 `quantize_embeddings`: float16 a cast; binary packs the bits of x > 0 eight to a byte, offset by
-128 into int8; ubinary the same bytes as uint8 (so d must be a multiple of 8). The column type
-says which: FixedSizeList<float32 | float16, d>, or FixedSizeList<int8 | uint8, d / 8>.
+128 into int8; ubinary the same bytes as uint8 (so d must be a multiple of 8); uint8 cuts each
+dimension's calibration range [min, max] into 255 steps, q = floor((x - min) / step) clipped to
+0..255, and int8 is q - 128 (a constant dimension has step 1). The ranges are the same for the
+whole run, never a batch's: calibration.py. The column type says which: FixedSizeList<float32 |
+float16 | int8 | uint8, d>, or FixedSizeList<int8 | uint8, d / 8> when packed. A reader
+dequantizes q to min + (q + 0.5) * step (q + 128 for int8): `dequantize`.
 
 Inside a task every row, embedded or copied, is in this form: the model's float32 vectors are
 encoded once, and rows copied from earlier part files or other tasks' share files are taken as
@@ -28,11 +32,15 @@ from workers.finish import l2_normalize
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),
+    "int8": np.dtype("i1"),
+    "uint8": np.dtype("u1"),
     "binary": np.dtype("i1"),
     "ubinary": np.dtype("u1"),
 }
 PRECISIONS = tuple(DTYPES)
 PACKED = ("binary", "ubinary")
+QUANTIZED = ("int8", "uint8")  # need per-dimension ranges
+Ranges = tuple[tuple[float, ...], tuple[float, ...]]  # (min, max) per kept dimension
 
 
 class LayoutError(ValueError):
@@ -45,9 +53,17 @@ class Layout:
     dimensions: int  # values kept, <= dim
     precision: str = "float32"
     normalize: bool = True  # normalize again after keeping the first values
+    ranges: Ranges | None = None  # int8, uint8: each kept dimension's calibration (min, max)
 
     @classmethod
-    def of(cls, dim: int, dimensions: int | None, precision: str, normalize: bool) -> Layout:
+    def of(
+        cls,
+        dim: int,
+        dimensions: int | None,
+        precision: str,
+        normalize: bool,
+        ranges: Ranges | None = None,
+    ) -> Layout:
         kept = dim if dimensions is None else dimensions
         if not 0 < kept <= dim:
             raise LayoutError(
@@ -61,7 +77,16 @@ class Layout:
                 f"output.precision {precision} packs 8 values a byte, but output.dimensions "
                 f"(or the model's dim) is {kept}: choose a multiple of 8"
             )
-        return cls(dim, kept, precision, normalize)
+        if ranges is not None and not (len(ranges[0]) == len(ranges[1]) == kept):
+            raise LayoutError(
+                f"output.calibration has ranges for {len(ranges[0])} dimensions; "
+                f"output.dimensions keeps {kept}: calibrate with the same dimensions"
+            )
+        return cls(dim, kept, precision, normalize, ranges)
+
+    @property
+    def needs_ranges(self) -> bool:
+        return self.precision in QUANTIZED and self.ranges is None
 
     @property
     def width(self) -> int:
@@ -76,11 +101,18 @@ class Layout:
     def is_default(self) -> bool:
         return self.dimensions == self.dim and self.precision == "float32"
 
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """The model's (n, dim) float32 vectors as this layout's (n, width) rows."""
+    def cut(self, vectors: np.ndarray) -> np.ndarray:
+        """The kept values of the model's (n, dim) vectors, normalized again when cut."""
         kept = vectors[:, : self.dimensions]
         if self.dimensions < self.dim and self.normalize:
             kept = l2_normalize(kept)
+        return kept
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """The model's (n, dim) float32 vectors as this layout's (n, width) rows."""
+        kept = self.cut(vectors)
+        if self.precision in QUANTIZED:
+            return self._quantize(kept)
         if self.precision in PACKED:
             # a NaN row (a reject, never written) packs as zeros: x > 0 is false for NaN
             packed = np.packbits(kept > 0, axis=1)
@@ -90,6 +122,26 @@ class Layout:
                 else packed
             )
         return np.ascontiguousarray(kept, dtype=self.dtype)
+
+    def _quantize(self, kept: np.ndarray) -> np.ndarray:
+        if self.ranges is None:
+            raise LayoutError(f"output.precision {self.precision} needs calibration ranges")
+        starts = np.array(self.ranges[0], np.float32)
+        steps = (np.array(self.ranges[1], np.float32) - starts) / np.float32(255)
+        steps = np.where(steps == 0, np.float32(1), steps)
+        # a NaN row (a reject, never written) quantizes as zeros rather than warning
+        q = np.clip(np.floor((np.nan_to_num(kept) - starts) / steps), 0, 255)
+        return q.astype(np.uint8) if self.precision == "uint8" else (q - 128).astype(np.int8)
+
+    def dequantize(self, rows: np.ndarray) -> np.ndarray:
+        """int8/uint8 rows back to float32, each at the middle of its step (for tests and
+        readers; a copy never goes this way)."""
+        assert self.ranges is not None
+        starts = np.array(self.ranges[0], np.float32)
+        steps = (np.array(self.ranges[1], np.float32) - starts) / np.float32(255)
+        steps = np.where(steps == 0, np.float32(1), steps)
+        q = rows.astype(np.float32) + (128 if self.precision == "int8" else 0)
+        return starts + (q + 0.5) * steps
 
     def empty(self) -> np.ndarray:
         return np.zeros((0, self.width), self.dtype)
@@ -101,7 +153,10 @@ class Layout:
         """The fingerprint's `vectors` entry; None for the default (no entry: see above)."""
         if self.is_default:
             return None
-        return {"dimensions": self.dimensions, "precision": self.precision}
+        found: dict[str, Any] = {"dimensions": self.dimensions, "precision": self.precision}
+        if self.ranges is not None:
+            found["ranges"] = {"min": list(self.ranges[0]), "max": list(self.ranges[1])}
+        return found
 
     def describe(self) -> str:
         return f"fixed_size_list<{pa.from_numpy_dtype(self.dtype)}>[{self.width}]"

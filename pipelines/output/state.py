@@ -72,6 +72,15 @@ class RunState:
             self._lease.release()
             self._lease = None
 
+    def stored_fingerprint(self) -> dict[str, Any] | None:
+        text = self.tree.read_text(FINGERPRINT_FILE)
+        return None if text is None else dict(json.loads(text))
+
+    def complete_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """Writes the fingerprint again once the run has learnt what it left open (int8/uint8
+        ranges, batch/calibration.py), before any part file is written."""
+        self._write(FINGERPRINT_FILE, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
     def check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         """Writes the fingerprint on first use; refuses one that differs from the stored one."""
         stored_text = self.tree.read_text(FINGERPRINT_FILE)
