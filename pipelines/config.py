@@ -80,6 +80,11 @@ class OutputConfig(_Section):
     # earlier output; else from this many texts embedded before the run (batch/calibration.py)
     calibration: str | None = None
     calibration_rows: int = Field(default=10_000, ge=1)
+    # Part files: at most this many rows a file (a task then writes part-<task>-<k>.parquet;
+    # null: one file per task and partition), rows per Parquet row group, and the codec.
+    max_rows_per_file: int | None = Field(default=None, ge=1)
+    row_group_rows: int | None = Field(default=None, ge=1)
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
 
 
 class OptionsConfig(_Section):

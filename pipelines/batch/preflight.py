@@ -26,6 +26,7 @@ from pipelines.inputs.listing import (
 )
 from pipelines.inputs.planning import Task, plan_tasks, require_columns
 from pipelines.inputs.readers import InputError, InputFile
+from pipelines.output.file_sizing import FileSizing
 from pipelines.output.fingerprint import build_fingerprint
 from pipelines.output.layout import QUANTIZED, Layout, LayoutError, Ranges
 from pipelines.storage.settings import StorageSettings
@@ -71,6 +72,7 @@ class Job:
             use_cache=self.config.run.use_cache,
             storage=self.storage,
             layout=self.layout,
+            sizing=sizing_of(self.config),
         )
 
 
@@ -92,6 +94,11 @@ def prepare(config: Config) -> Job:
     layout = layout_of(config, card, storage)
     fingerprint = build_fingerprint(config, card, files, layout)
     return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage, layout)
+
+
+def sizing_of(config: Config) -> FileSizing:
+    out = config.output
+    return FileSizing(out.max_rows_per_file, out.row_group_rows, out.compression)
 
 
 def layout_of(config: Config, card: ModelCard, storage: StorageSettings) -> Layout:

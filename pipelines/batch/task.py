@@ -21,6 +21,7 @@ import pyarrow as pa
 from pipelines.batch.repeated_ids import repeats_of
 from pipelines.inputs.planning import Task, read_task
 from pipelines.output.faults import check_write
+from pipelines.output.file_sizing import FileSizing
 from pipelines.output.layout import Layout
 from pipelines.output.markers import DoneMarker, PartFile
 from pipelines.output.part_files import (
@@ -69,6 +70,7 @@ class TaskSpec:
     repeat_refs: int = 0  # how many of the objects fetched for it are repeated_ids.py's
     storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
     layout: Layout | None = None  # output.dimensions and precision; None: the model's float32
+    sizing: FileSizing = field(default_factory=FileSizing)  # output.max_rows_per_file, ...
 
     def layout_for(self, dim: int) -> Layout:
         return self.layout or Layout.of(dim, None, "float32", self.options.normalize)
@@ -171,13 +173,18 @@ def id_problems(ids: list[str | None], repeats: dict[int, str]) -> list[str | No
 
 
 def write_parts(table: pa.Table, spec: TaskSpec) -> list[PartFile]:
+    """The task's part files: one per partition, named part-<task>.parquet, or with
+    output.max_rows_per_file numbered part-<task>-<k>.parquet in every partition."""
     if table.num_rows == 0:
         return []
-    files = []
+    sizing, files = spec.sizing, []
     for subdir, rows in partitions(table, list(spec.partition_by)):
-        relative = Path(subdir) / f"part-{spec.task.task_id}.parquet"
-        sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(rows))
-        files.append(PartFile(relative.as_posix(), rows.num_rows, sha))
+        pieces = sizing.pieces(rows)
+        for k, piece in enumerate(pieces):
+            number = "" if sizing.max_rows_per_file is None else f"-{k:05d}"
+            relative = Path(subdir) / f"part-{spec.task.task_id}{number}.parquet"
+            sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(piece, sizing))
+            files.append(PartFile(relative.as_posix(), piece.num_rows, sha))
     return files
 
 
@@ -196,7 +203,7 @@ def write_rejects(
         spec.fingerprint,
     )
     relative = Path("_rejects") / f"part-{task.task_id}.parquet"
-    sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(table))
+    sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(table, spec.sizing))
     return [PartFile(relative.as_posix(), len(bad), sha, rejects=True)]
 
 

@@ -10,12 +10,14 @@ fingerprint agrees on the model and options.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from pipelines.config import Config
 from pipelines.inputs.line_ranges import splits_by_bytes
 from pipelines.inputs.readers import InputFile
+from pipelines.output.file_sizing import FileSizing
 from pipelines.output.layout import QUANTIZED, Layout
 from workers.model_dir import ModelCard
 
@@ -32,6 +34,9 @@ def build_fingerprint(
     vectors = {"vectors": found} if (found := layout.fingerprint()) else {}
     if layout.precision in QUANTIZED:  # where the ranges came from
         vectors["vectors"]["calibration"] = out.calibration or {"rows": out.calibration_rows}
+    # how part files are cut, also only when not the default
+    sizing = FileSizing(out.max_rows_per_file, out.row_group_rows, out.compression)
+    cutting = {} if sizing.is_default else {"files": dataclasses.asdict(sizing)}
     return {
         "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
         "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),
@@ -50,6 +55,7 @@ def build_fingerprint(
         "schema": f"id string, embedding {_embedding(layout)}, n_tokens int32, "
         "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
         **vectors,
+        **cutting,
     }
 
 

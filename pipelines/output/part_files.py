@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.output.faults import check_write
+from pipelines.output.file_sizing import FileSizing
 from pipelines.output.fingerprint import FINGERPRINT_KEY
 from pipelines.storage.tree import Tree
 from workers.text_hash import HASH_BYTES, HASH_DTYPE
@@ -99,11 +100,12 @@ def _hive_value(value: object) -> str:
     return HIVE_NULL if value is None else urllib.parse.quote(str(value), safe="")
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """The table as one zstd-compressed Parquet file, in memory: written whole (a rename
-    locally, one PUT to an object store), so readers never see part of it."""
+def parquet_bytes(table: pa.Table, sizing: FileSizing | None = None) -> bytes:
+    """The table as one Parquet file (zstd unless `sizing` says otherwise), in memory: written
+    whole (a rename locally, one PUT to an object store), so readers never see part of it."""
+    sizing = sizing or FileSizing()
     out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd")
+    pq.write_table(table, out, compression=sizing.compression, row_group_size=sizing.row_group_rows)
     return out.getvalue()
 
 
