@@ -86,3 +86,29 @@ def test_pandas_reads_the_vectors_as_arrays(output):
     got = np.stack(frame["embedding"].to_numpy())
     expected = np.stack([by_id[i] for i in frame["id"]])
     assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_spark_reads_the_partitions_and_finds_the_same_top_k(output):
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    out, by_id, query = output
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .getOrCreate()
+    )
+    try:
+        frame = spark.read.option("basePath", str(out)).parquet(str(out))
+        q = F.array(*[F.lit(float(v)) for v in query])
+        dot = F.aggregate(
+            F.zip_with("embedding", q, lambda a, b: a * b), F.lit(0.0), lambda s, x: s + x
+        )
+        rows = frame.select("id", "lang", dot.alias("score")).orderBy(F.desc("score"), "id")
+        found = rows.limit(K).collect()
+        assert [r["id"] for r in found] == top_k(by_id, query)
+        assert {r["lang"] for r in frame.select("lang").distinct().collect()} == {"en", "de"}
+    finally:
+        spark.stop()
