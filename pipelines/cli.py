@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipelines.config import Config, ConfigError, ServeJob, load_config
 from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
     _add_run(commands.add_parser("run", help="embed a corpus into Parquet with Ray actors"))
     _add_status(commands.add_parser("status", help="show the state of an output directory"))
+    _add_query(commands.add_parser("query", help="search an output for the rows nearest a text"))
     _add_serve(commands.add_parser("serve", help="serve the feature-extraction API over HTTP"))
     demo = commands.add_parser("demo-corpus", help="write shards of stdlib docstrings to DIR")
     demo.add_argument("out", type=Path)
@@ -93,6 +96,16 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the output.path of a run (a directory or s3://bucket/prefix)")
     p.set_defaults(handler=_status)
+
+
+def _add_query(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="the output.path of a run (a directory or s3://bucket/prefix)")
+    p.add_argument("text", help="the query text")
+    p.add_argument("-k", type=int, default=10, help="how many rows (default 10)")
+    p.add_argument("--prompt-name", help="the model's prompt for the query (e.g. query)")
+    p.add_argument("--model", type=Path, help="model directory (default: the run's config)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {id, score, ...}")
+    p.set_defaults(handler=_query)
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
@@ -356,6 +369,62 @@ def _serve(args: argparse.Namespace) -> int:
     code = serve_until_stopped(config, model_dir)
     print("stopped", flush=True)
     return code
+
+
+def _query(args: argparse.Namespace) -> int:
+    from pipelines.output.search import open_output, search
+    from pipelines.output.state import StateError
+    from pipelines.storage.settings import StorageSettings
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be at least 1, got {args.k}")
+    storage = StorageSettings.resolve()
+    try:
+        output = open_output(args.out, storage)
+        embedder = _query_model(args, output.fingerprint, storage)
+        options = EmbedOptions(**output.fingerprint["options"] | _prompt(args.prompt_name))
+        layout = output.layout()
+        found = embedder.embed([args.text], options)
+        if found.errors[0] is not None:
+            raise ConfigError(f"the query cannot be embedded: {found.errors[0]}")
+        hits = search(output, layout.encode(found.vectors), args.k, storage)
+    except (StateError, OSError) as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"id": h.id, "score": h.score, **h.kept} for h in hits]))
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        kept = "  ".join(f"{k}={v}" for k, v in hit.kept.items())
+        print(f"{rank:>3}  {hit.score:.4f}  {hit.id}  {kept}".rstrip())
+    return 0
+
+
+def _prompt(name: str | None) -> dict[str, Any]:
+    return {} if name is None else {"prompt_name": name}
+
+
+def _query_model(args: argparse.Namespace, fingerprint: dict[str, Any], storage: Any) -> Any:
+    """The model that made the output: --model, else the run's config; refused when its
+    model.onnx is not the one the fingerprint names."""
+    from pipelines.config import ModelConfig
+    from pipelines.output.state import RunState
+    from workers import Embedder
+
+    model_dir = args.model
+    if model_dir is None:
+        text = RunState(args.out, storage).tree.read_text("_state/config.yaml")
+        if text is None:
+            raise ConfigError(f"{args.out} keeps no config: pass --model DIR")
+        model_dir = ModelConfig(**yaml.safe_load(text)["model"]).export_dir()
+    card = read_card(model_dir)
+    wanted = fingerprint["model"]["onnx_sha256"]
+    if card.onnx_sha256 != wanted:
+        raise ConfigError(
+            f"{model_dir} is not the model that made {args.out} (its model.onnx has sha256 "
+            f"{card.onnx_sha256[:12]}, the output's {wanted[:12]}); pass --model with that one"
+        )
+    return Embedder.load(model_dir, threads=os.cpu_count())
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -15,14 +15,14 @@ import io
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.config import ConfigError
 from pipelines.inputs.planning import Task, read_task
 from pipelines.output.fingerprint import FINGERPRINT_FILE
-from pipelines.output.layout import Layout, Ranges
+from pipelines.output.layout import Layout, Ranges, as_ranges, stored_ranges
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 from workers import EmbedOptions
@@ -62,19 +62,6 @@ def sample_ranges(embedder: Embedder, request: SampleRequest) -> Ranges:
     if len(kept) == 0:
         raise ValueError("no text of the calibration sample could be embedded")
     return as_ranges(kept.min(axis=0), kept.max(axis=0))
-
-
-def as_ranges(low: Any, high: Any) -> Ranges:
-    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
-    return tuple(float(v) for v in low), tuple(float(v) for v in high)
-
-
-def stored_ranges(fingerprint: dict[str, Any] | None) -> Ranges | None:
-    """The ranges an output's fingerprint records, or None."""
-    ranges = ((fingerprint or {}).get("vectors") or {}).get("ranges")
-    if not isinstance(ranges, dict) or "min" not in ranges or "max" not in ranges:
-        return None
-    return as_ranges(ranges["min"], ranges["max"])
 
 
 def ranges_from(location: str, storage: StorageSettings) -> Ranges:

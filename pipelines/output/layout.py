@@ -160,3 +160,16 @@ class Layout:
 
     def describe(self) -> str:
         return f"fixed_size_list<{pa.from_numpy_dtype(self.dtype)}>[{self.width}]"
+
+
+def as_ranges(low: Any, high: Any) -> Ranges:
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    return tuple(float(v) for v in low), tuple(float(v) for v in high)
+
+
+def stored_ranges(fingerprint: dict[str, Any] | None) -> Ranges | None:
+    """The ranges an output's fingerprint records, or None."""
+    ranges = ((fingerprint or {}).get("vectors") or {}).get("ranges")
+    if not isinstance(ranges, dict) or "min" not in ranges or "max" not in ranges:
+        return None
+    return as_ranges(ranges["min"], ranges["max"])

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.batch.calibration import as_ranges, ranges_from
+from pipelines.batch.calibration import ranges_from
 from pipelines.config import ConfigError, load_config
-from pipelines.output.layout import Layout, LayoutError
+from pipelines.output.layout import Layout, LayoutError, as_ranges
 from pipelines.storage.settings import StorageSettings
 from tests.pipelines.test_cache import distinct_texts, run, write_corpus  # noqa: F401
 from workers import Embedder, EmbedOptions
