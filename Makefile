@@ -10,7 +10,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ gpu-check: ## one GPU window, installs nothing: versions, attention kernels, ben
 
 bench-storage: setup ## the stdlib corpus in and out of S3 (a local moto server) vs a local disk -> bench/results/storage.json
 	$(PY) bench/storage.py --out bench/results/storage.json
+
+bench-output: setup ## bytes per row, query time and recall@10 per output precision; query memory on 1M rows -> bench/results/output.json
+	$(PY) bench/output.py --out bench/results/output.json
 
 bench-scale: setup ## driver peak RSS and planning time at 1M, 10M and 30M synthetic rows, Parquet and JSONL -> bench/results/scale.json
 	$(PY) bench/scale.py --out bench/results/scale.json
