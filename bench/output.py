@@ -161,7 +161,7 @@ def query_a_million(args: argparse.Namespace, model_dir: Path) -> dict:
     sha = Embedder.load(model_dir, canary=False).card.onnx_sha256
     shutil.rmtree(out, ignore_errors=True)
     RunState(out).check_fingerprint(fingerprint(layout, sha))
-    chunk = 100_000
+    chunk = 20_000  # input.rows_per_task's default: one file (and row group) a task
     state = RunState(out)
     for start in range(0, args.million, chunk):
         rows = rng.standard_normal((min(chunk, args.million - start), 384)).astype(np.float32)

@@ -26,7 +26,9 @@ from pipelines.output.state import RunState, StateError
 from pipelines.storage import stores
 from pipelines.storage.settings import StorageSettings
 
-BATCH_ROWS = 65_536
+# Rows scored at a time: a batch of 1024-value float32 rows is 32 MiB. A file is read one row
+# group at a time (a run writes one per task unless output.row_group_rows says otherwise).
+BATCH_ROWS = 8_192
 # The packed bits of a byte (popcount table), for Hamming distances without unpacking rows.
 BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -120,7 +122,7 @@ def _bytes(rows: np.ndarray, layout: Layout) -> np.ndarray:
 def _floats(rows: np.ndarray, layout: Layout) -> np.ndarray:
     if layout.precision in QUANTIZED:
         return layout.dequantize(rows)
-    return rows.astype(np.float32)
+    return rows.astype(np.float32, copy=False)
 
 
 def _rows(column: pa.ChunkedArray | pa.Array, layout: Layout) -> np.ndarray:
