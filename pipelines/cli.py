@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -385,6 +386,8 @@ def _query(args: argparse.Namespace) -> int:
         options = EmbedOptions(**output.fingerprint["options"] | _prompt(args.prompt_name))
         layout = output.layout()
         found = embedder.embed([args.text], options)
+        del embedder  # the scan needs only the vector: its memory goes back before it starts
+        gc.collect()
         if found.errors[0] is not None:
             raise ConfigError(f"the query cannot be embedded: {found.errors[0]}")
         hits = search(output, layout.encode(found.vectors), args.k, storage)

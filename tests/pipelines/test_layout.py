@@ -165,11 +165,11 @@ def test_an_int8_run_calibrates_once_records_the_ranges_and_resumes_with_them(
 ):
     docs = [(f"d{i:03d}", distinct_texts[i]) for i in range(60)]
     corpus = write_corpus(tmp_path / "in", docs)
-    int8 = ["output.precision=int8", "output.calibration_rows=40"]
+    int8 = ["output.precision=int8", "output.calibration_rows=60"]  # the whole corpus: none clipped
     run(tmp_path, minilm_dir, corpus, "out", *int8)
     out = tmp_path / "out"
     recorded = json.loads((out / "_embedpipe.json").read_text())["vectors"]
-    assert recorded["calibration"] == {"rows": 40} and len(recorded["ranges"]["min"]) == 384
+    assert recorded["calibration"] == {"rows": 60} and len(recorded["ranges"]["min"]) == 384
     files = sorted(out.glob("part-*.parquet"))
     metadata = pq.read_schema(files[0]).metadata[b"embedpipe.fingerprint"]
     assert json.loads(metadata)["vectors"]["ranges"] == recorded["ranges"]
