@@ -162,12 +162,21 @@ def _read(
     return None, meta
 
 
+def _decides(fingerprint: dict[str, Any], key: str) -> Any:
+    """The part of a fingerprint's entry that decides the stored bytes: for `vectors`, not where
+    int8/uint8 ranges came from (a sample, or the earlier output itself), only what they are."""
+    value = fingerprint.get(key)
+    if key == "vectors" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "calibration"}
+    return value
+
+
 def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
     """Why vectors made under `theirs` are not this run's, or None when they are."""
     found = [
         d
         for key in DECIDES_VECTORS
-        for d in diff(theirs.get(key), ours.get(key), key, ("there", "in this run"))
+        for d in diff(_decides(theirs, key), _decides(ours, key), key, ("there", "in this run"))
     ]
     if not found:
         return None
