@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -96,5 +96,5 @@ def _read(location: str, storage: StorageSettings) -> bytes:
 
 
 def with_ranges(layout: Layout, ranges: Ranges) -> Layout:
-    checked = Layout.of(layout.dim, layout.dimensions, layout.precision, layout.normalize, ranges)
-    return replace(layout, ranges=checked.ranges)
+    """The layout with these ranges, checked against its dimensions."""
+    return Layout.of(layout.dim, layout.dimensions, layout.precision, layout.normalize, ranges)

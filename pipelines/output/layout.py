@@ -124,22 +124,23 @@ class Layout:
         return np.ascontiguousarray(kept, dtype=self.dtype)
 
     def _quantize(self, kept: np.ndarray) -> np.ndarray:
-        if self.ranges is None:
-            raise LayoutError(f"output.precision {self.precision} needs calibration ranges")
-        starts = np.array(self.ranges[0], np.float32)
-        steps = (np.array(self.ranges[1], np.float32) - starts) / np.float32(255)
-        steps = np.where(steps == 0, np.float32(1), steps)
+        starts, steps = self._steps()
         # a NaN row (a reject, never written) quantizes as zeros rather than warning
         q = np.clip(np.floor((np.nan_to_num(kept) - starts) / steps), 0, 255)
         return q.astype(np.uint8) if self.precision == "uint8" else (q - 128).astype(np.int8)
 
+    def _steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each dimension's min and step (1 for a constant dimension), in float32."""
+        if self.ranges is None:
+            raise LayoutError(f"output.precision {self.precision} needs calibration ranges")
+        starts = np.array(self.ranges[0], np.float32)
+        steps = (np.array(self.ranges[1], np.float32) - starts) / np.float32(255)
+        return starts, np.where(steps == 0, np.float32(1), steps)
+
     def dequantize(self, rows: np.ndarray) -> np.ndarray:
         """int8/uint8 rows back to float32, each at the middle of its step (for tests and
         readers; a copy never goes this way)."""
-        assert self.ranges is not None
-        starts = np.array(self.ranges[0], np.float32)
-        steps = (np.array(self.ranges[1], np.float32) - starts) / np.float32(255)
-        steps = np.where(steps == 0, np.float32(1), steps)
+        starts, steps = self._steps()
         q = rows.astype(np.float32) + (128 if self.precision == "int8" else 0)
         return starts + (q + 0.5) * steps
 
