@@ -72,7 +72,7 @@ class Job:
             use_cache=self.config.run.use_cache,
             storage=self.storage,
             layout=self.layout,
-            sizing=sizing_of(self.config),
+            sizing=FileSizing.of(self.config.output),
         )
 
 
@@ -94,11 +94,6 @@ def prepare(config: Config) -> Job:
     layout = layout_of(config, card, storage)
     fingerprint = build_fingerprint(config, card, files, layout)
     return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage, layout)
-
-
-def sizing_of(config: Config) -> FileSizing:
-    out = config.output
-    return FileSizing(out.max_rows_per_file, out.row_group_rows, out.compression)
 
 
 def layout_of(config: Config, card: ModelCard, storage: StorageSettings) -> Layout:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipelines.config import OutputConfig
+
 
 @dataclass(frozen=True)
 class FileSizing:
@@ -20,6 +22,10 @@ class FileSizing:
     max_rows_per_file: int | None = None
     row_group_rows: int | None = None
     compression: str = "zstd"
+
+    @classmethod
+    def of(cls, out: OutputConfig) -> FileSizing:
+        return cls(out.max_rows_per_file, out.row_group_rows, out.compression)
 
     @property
     def is_default(self) -> bool:

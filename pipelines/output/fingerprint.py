@@ -35,7 +35,7 @@ def build_fingerprint(
     if layout.precision in QUANTIZED:  # where the ranges came from
         vectors["vectors"]["calibration"] = out.calibration or {"rows": out.calibration_rows}
     # how part files are cut, also only when not the default
-    sizing = FileSizing(out.max_rows_per_file, out.row_group_rows, out.compression)
+    sizing = FileSizing.of(out)
     cutting = {} if sizing.is_default else {"files": dataclasses.asdict(sizing)}
     return {
         "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
