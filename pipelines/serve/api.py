@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from workers import EmbedOptions, OptionError
 
@@ -50,13 +51,20 @@ def is_api_path(path: str) -> bool:
 
 
 def parse_body(body: bytes, max_inputs: int, defaults: EmbedOptions) -> Query:
-    payload = load_json(body)
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise ApiError(400, 'the body must be a JSON object with "inputs" (a string or a list)')
-    if unknown := sorted(set(payload) - set(FIELDS)):
-        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+    payload = json_object(body, "inputs", FIELDS)
     texts = texts_of(payload["inputs"], max_inputs)
     return Query(texts, options_of(payload, defaults), payload.get("dimensions"))
+
+
+def json_object(body: bytes, texts: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The body as a JSON object holding `texts` (the field of the texts) and no field beyond
+    `fields`; a 400 naming what is wrong otherwise."""
+    payload = load_json(body)
+    if not isinstance(payload, dict) or texts not in payload:
+        raise ApiError(400, f'the body must be a JSON object with "{texts}" (a string or a list)')
+    if unknown := sorted(set(payload) - set(fields)):
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    return payload
 
 
 def load_json(body: bytes) -> object:

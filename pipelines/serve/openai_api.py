@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.serve.api import ApiError, Query, load_json, texts_of
+from pipelines.serve.api import ApiError, Query, json_object, texts_of
 from pipelines.serve.encode import base64_vector, vectors
 from workers import EmbedOptions
 
@@ -41,11 +41,7 @@ class OpenAIQuery:
 
 
 def parse_openai(body: bytes, max_inputs: int, options: EmbedOptions) -> OpenAIQuery:
-    payload = load_json(body)
-    if not isinstance(payload, dict) or "input" not in payload:
-        raise ApiError(400, 'the body must be a JSON object with "input" (a string or a list)')
-    if unknown := sorted(set(payload) - set(FIELDS)):
-        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+    payload = json_object(body, "input", FIELDS)
     given = payload["input"]
     if _token_ids(given):
         # LangChain's OpenAIEmbeddings sends tiktoken's ids unless told not to: they are not

@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ServeConfig
-from pipelines.serve.api import OPTIONS, ApiError, load_json, options_of, texts_of
+from pipelines.serve.api import OPTIONS, ApiError, json_object, options_of, texts_of
 from workers import EmbedOptions
 from workers.model_dir import ModelCard
 
@@ -61,12 +61,7 @@ def version() -> str:
 
 
 def parse_tokenize(body: bytes, max_inputs: int, defaults: EmbedOptions) -> TokenizeQuery:
-    payload = load_json(body)
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise ApiError(400, 'the body must be a JSON object with "inputs" (a string or a list)')
-    if unknown := sorted(set(payload) - set(TOKENIZE_FIELDS)):
-        allowed = ", ".join(TOKENIZE_FIELDS)
-        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: {allowed}")
+    payload = json_object(body, "inputs", TOKENIZE_FIELDS)
     special = payload.get("add_special_tokens", True)
     if not isinstance(special, bool):
         raise ApiError(400, f"add_special_tokens must be true or false, got {special!r}")
