@@ -29,7 +29,7 @@ run: setup ## build the stdlib demo corpus, export the packaged model when missi
 	@echo 'read it with: $(PY) -c "import polars as pl; print(pl.read_parquet(\"build/demo-embeddings/*.parquet\"))"'
 
 test: setup ## run the test suite (what CI runs)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=40 $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check pipelines workers export tests bench
