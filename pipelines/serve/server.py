@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipelines.config import Config, ServeConfig, ServeJob, served_model_id
-from pipelines.interrupt import Interrupted, StopRequest
+from pipelines.interrupt import StopRequest
 from pipelines.serve.api import ApiError
 from pipelines.serve.endpoint import Endpoint, ModelLoader
 from workers import EmbedOptions
@@ -221,9 +221,26 @@ def serve_until_stopped(config: Config | ServeJob, model_dir: Path) -> int:
         start(config, model_dir)
         while not stop.requested:
             time.sleep(0.1)
-    except Interrupted:
-        pass  # the second signal
+    except Exception as err:
+        # The second signal raises Interrupted wherever the main thread is, which may be inside
+        # Ray's start-up code, and that code may turn it into an error of its own: after a
+        # second signal any start-up error is the stop, not a failure.
+        if stop.count < 2:
+            raise
+        log.debug("start-up stopped by the second signal: %r", err)
     finally:
         stop.restore()
-        serve.shutdown()
+        shut_down(stopped_now=stop.count >= 2)
     return stop.exit_code
+
+
+def shut_down(stopped_now: bool) -> None:
+    """Shuts Serve down; after a second signal a start-up cut short may leave Serve in a state
+    its shutdown trips on, and the process ends anyway (its Ray goes with it), so that is
+    logged rather than raised."""
+    try:
+        serve.shutdown()
+    except Exception as err:
+        if not stopped_now:
+            raise
+        log.warning("Serve's shutdown after the second signal: %s", err)
