@@ -3,9 +3,15 @@ results (the driver's side of a task, the server) needs numpy only, not onnxrunt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from workers.model_dir import ModelCard
+    from workers.options import EmbedOptions
 
 
 @dataclass(frozen=True)
@@ -39,3 +45,14 @@ class Embeddings:
             self.truncated[indices],
             tuple(self.errors[i] for i in indices.tolist()),
         )
+
+
+class TextModel(Protocol):
+    """What embeds a task's texts: the Embedder, or one pooling each text's chunks
+    (workers/chunker.py)."""
+
+    card: ModelCard
+
+    def embed(self, texts: Sequence[object], options: EmbedOptions | None = None) -> Embeddings:
+        """Vectors of the texts in order, with their counts and reject reasons."""
+        ...

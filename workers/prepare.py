@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from workers.chunking import TokenSpans
 from workers.long_texts import chunks, window
 from workers.model_dir import ModelCard, ModelDirError
 from workers.options import EmbedOptions, OptionError, prompt_for
@@ -28,6 +29,7 @@ LONG_CHARS_PER_TOKEN = 64
 WINDOW_CHARS_PER_TOKEN = 16
 WINDOW_MARGIN = 16
 COUNT_CHUNK_CHARS = 1 << 16
+SPAN_PIECES = 4  # pieces of COUNT_CHUNK_CHARS tokenized at once for chunking: ~50 MB of tokens
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,32 @@ class TextPreparer:
             return body
         return self._specials(self._prefix) + body + self._specials(self._suffix)
 
+    @property
+    def specials(self) -> int:
+        """The special tokens around every text ([CLS] and [SEP] for BERT)."""
+        return len(self._prefix) + len(self._suffix)
+
+    def prompt_tokens(self, options: EmbedOptions) -> int:
+        """The tokens of the prompt these options put before each text."""
+        prompt = self.prompt_for(options)
+        return len(self._tok.encode(prompt, add_special_tokens=False).ids) if prompt else 0
+
+    def token_spans(self, text: str) -> TokenSpans:
+        """The text's tokens (no prompt, no special tokens) as character offsets and word
+        starts, tokenized a few pieces at a time (cut at whitespace, long_texts.py) so memory
+        stays bounded by the pieces, not the text."""
+        pieces = list(chunks(text, COUNT_CHUNK_CHARS))
+        offsets, words, at = [np.zeros((0, 2), np.int64)], [np.zeros(0, bool)], 0
+        for first in range(0, len(pieces), SPAN_PIECES):
+            batch = pieces[first : first + SPAN_PIECES]
+            found = self._tok.encode_batch(batch, add_special_tokens=False)
+            for piece, enc in zip(batch, found, strict=True):
+                offsets.append(np.asarray(enc.offsets, np.int64).reshape(-1, 2) + at)
+                words.append(_word_starts(enc))
+                at += len(piece)
+        spans = np.concatenate(offsets)
+        return TokenSpans(spans[:, 0], spans[:, 1], np.concatenate(words))
+
     def _specials(self, ids: np.ndarray) -> list[Token]:
         return [Token(int(i), self._tok.id_to_token(int(i)) or "", True, None, None) for i in ids]
 
@@ -214,6 +242,13 @@ class TextPreparer:
             )
             total += sum(len(enc.ids) for enc in batch)
         return total
+
+
+def _word_starts(enc: Encoding) -> np.ndarray:
+    """Per token, whether it starts a word as the tokenizer's pre-tokenizer split them (at
+    whitespace and punctuation for BERT); a piece's first token always does."""
+    words = np.array([-1 if w is None else w for w in enc.word_ids], np.int64)
+    return np.r_[True, words[1:] != words[:-1]][: len(words)]
 
 
 def _prompt_tokens(enc: Encoding, prompt_chars: int) -> int:
