@@ -28,6 +28,8 @@ from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
 from workers.model_dir import ATTENTION_LAYOUTS, CARD_FILE, DTYPES, ModelDirError, read_card
 
+log = logging.getLogger(__name__)
+
 EXPORT_HINT = "this command needs the export extra: pip install 'embedpipe[export]'"
 
 
@@ -320,9 +322,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(report: dict[str, Any]) -> None:
+    unit = "chunks" if report.get("chunks_written") else "rows"  # what rows are, when chunked
     print(
         f"{report['tasks_done']}/{report['tasks_total']} tasks done, "
-        f"{report['tasks_failed']} failed; {report['rows_embedded']:,} rows embedded, "
+        f"{report['tasks_failed']} failed; {report['rows_embedded']:,} {unit} embedded, "
         f"{report['rows_from_cache']:,} from cache, {report['rows_deduplicated']:,} "
         f"deduplicated, {report['rows_rejected']:,} rejected, {report['tokens']:,} tokens "
         f"in {report['seconds']:.1f} s (start-up {report['seconds_startup']:.1f} s)"
@@ -364,6 +367,11 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, ServeJob)
     model_dir = ensure_model(config)
     config.serve.tokens()  # an unreadable token file fails here, not in every replica
+    if config.embedding.chunking is not None:
+        log.warning(
+            "embedding.chunking is a batch setting: the HTTP API truncates long texts (or "
+            "rejects them under truncate: false), as the Inference API does"
+        )
     connect()
     serve = config.serve
     print(f"serving {model_dir} at http://{serve.host}:{serve.port}/ (Ctrl-C stops)", flush=True)
@@ -395,12 +403,23 @@ def _query(args: argparse.Namespace) -> int:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([{"id": h.id, "score": h.score, **h.kept} for h in hits]))
+        rows = [{"id": h.id, "score": h.score, **(h.chunk or {}), **h.kept} for h in hits]
+        print(json.dumps(rows))
         return 0
     for rank, hit in enumerate(hits, 1):
         kept = "  ".join(f"{k}={v}" for k, v in hit.kept.items())
-        print(f"{rank:>3}  {hit.score:.4f}  {hit.id}  {kept}".rstrip())
+        print(f"{rank:>3}  {hit.score:.4f}  {hit.id}{_chunk_label(hit.chunk)}  {kept}".rstrip())
     return 0
+
+
+def _chunk_label(chunk: dict[str, int] | None) -> str:
+    """`  chunk 3/7 chars 1200-2140`: the chunk (1-based here) and its characters."""
+    if chunk is None:
+        return ""
+    return (
+        f"  chunk {chunk['chunk'] + 1}/{chunk['n_chunks']} "
+        f"chars {chunk['char_start']}-{chunk['char_end']}"
+    )
 
 
 def _prompt(name: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pydantic import (
 
 from pipelines.storage.settings import StorageSettings
 from workers import EmbedOptions
+from workers.chunking import Chunking
 from workers.model_dir import CARD_FILE, AttentionLayout, Dtype
 
 
@@ -109,8 +110,34 @@ class OptionsConfig(_Section):
         )
 
 
+class ChunkingConfig(_Section):
+    """embedding.chunking: long texts embedded as windows of `tokens` (with the special tokens
+    and the prompt; default: the model's max_seq_length), neighbours sharing `overlap` tokens;
+    `pool` none writes a row per chunk, mean a row per text (workers/chunking.py)."""
+
+    tokens: int | None = Field(default=None, ge=2)
+    overlap: int = Field(default=0, ge=0)
+    pool: Literal["none", "mean"] = "none"
+
+    @model_validator(mode="after")
+    def _overlap_below_tokens(self) -> ChunkingConfig:
+        if self.tokens is not None and self.overlap >= self.tokens:
+            raise ValueError(
+                f"embedding.chunking.overlap ({self.overlap}) must be below tokens ({self.tokens})"
+            )
+        return self
+
+    def chunking(self, max_seq_length: int) -> Chunking:
+        return Chunking(self.tokens or max_seq_length, self.overlap, self.pool)
+
+
 class EmbeddingConfig(OptionsConfig):
     max_batch_tokens: int = Field(default=16384, ge=1)
+    # null: a text longer than the model's window is truncated (or rejected), as by the API
+    chunking: ChunkingConfig | None = None
+
+    def chunked(self, max_seq_length: int) -> Chunking | None:
+        return None if self.chunking is None else self.chunking.chunking(max_seq_length)
 
 
 class WorkersConfig(_Section):
@@ -281,7 +308,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     *parents, leaf = key.strip().split(".")
     node = raw
     for part in parents:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # `chunking: null` in the file: a key set here turns it on
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
         node = child

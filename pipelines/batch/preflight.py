@@ -31,7 +31,14 @@ from pipelines.output.fingerprint import build_fingerprint
 from pipelines.output.layout import QUANTIZED, Layout, LayoutError, Ranges
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.stores import is_remote, scheme_of
-from workers.model_dir import CARD_FILE, ModelCard, ModelDirError, check_files, read_card
+from workers.model_dir import (
+    CARD_FILE,
+    TOKENIZER_FILE,
+    ModelCard,
+    ModelDirError,
+    check_files,
+    read_card,
+)
 from workers.options import OptionError, prompt_for
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,7 @@ class Job:
             storage=self.storage,
             layout=self.layout,
             sizing=FileSizing.of(self.config.output),
+            chunking=self.config.embedding.chunked(self.card.max_seq_length),
         )
 
 
@@ -91,9 +99,26 @@ def prepare(config: Config) -> Job:
         prompt = prompt_for(card, config.embedding.options())
     except OptionError as err:
         raise ConfigError(f"embedding.prompt_name: {err}") from err
+    check_chunking(config, model_dir, card)
     layout = layout_of(config, card, storage)
     fingerprint = build_fingerprint(config, card, files, layout)
     return Job(config, model_dir, card, files, tasks, fingerprint, prompt, storage, layout)
+
+
+def check_chunking(config: Config, model_dir: Path, card: ModelCard) -> None:
+    """embedding.chunking leaves room for text beside the special tokens and the prompt, and
+    fits the model: checked with the model's tokenizer before any actor starts."""
+    chunking = config.embedding.chunked(card.max_seq_length)
+    if chunking is None:
+        return
+    from workers.chunker import Chunker  # the tokenizer, only for a chunked run
+    from workers.prepare import TextPreparer
+
+    preparer = TextPreparer.from_file(model_dir / TOKENIZER_FILE, card)
+    try:
+        Chunker(preparer, card.max_seq_length, chunking, config.embedding.options())
+    except OptionError as err:
+        raise ConfigError(str(err)) from err
 
 
 def layout_of(config: Config, card: ModelCard, storage: StorageSettings) -> Layout:

@@ -25,13 +25,14 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from pipelines.batch.chunk_rows import chunk_digest_file
 from pipelines.batch.cluster import ClusterError, live_actors
 from pipelines.batch.preflight import Job
 from pipelines.batch.repeated_ids import MeetRequest, id_digest_file, meet
@@ -56,7 +57,12 @@ from pipelines.reindex.plan import (
 from pipelines.reindex.shares import waiter_key
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
+from workers import EmbedOptions
 from workers.actor import CONCURRENT_TASKS
+from workers.chunking import Chunking
+
+if TYPE_CHECKING:  # only actors load the embedder
+    from workers import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class DigestRequest:
     out: str
     text: tuple[str, str] | None = None  # (text column, prompt) under use_cache
     storage: StorageSettings = field(default_factory=StorageSettings)
+    # embedding.chunking with pool: none, and the texts' options: texts digested by chunk
+    chunks: Chunking | None = None
+    options: EmbedOptions = field(default_factory=EmbedOptions)
 
 
 @dataclass(frozen=True)
@@ -320,15 +329,18 @@ def _call(actor: Any, ask: Any, fn: Callable, fetched: tuple[Any, ...], returns:
 def request(job: Job, task: Task) -> DigestRequest:
     inp, out = job.config.input, job.config.output.path
     text = (inp.text_column, job.prompt) if job.config.run.use_cache else None
-    return DigestRequest(task, inp.id_column, out, text, job.storage)
+    chunking = job.config.embedding.chunked(job.card.max_seq_length)
+    chunks = chunking if chunking is not None and chunking.pool == "none" else None
+    options = job.config.embedding.options()
+    return DigestRequest(task, inp.id_column, out, text, job.storage, chunks, options)
 
 
 def digest_task(
-    _embedder: object, ask: DigestRequest
+    embedder: Embedder, ask: DigestRequest
 ) -> tuple[DigestSummary, DigestSummary | None]:
-    """Runs on an actor (which passes its embedder first; it is not needed): the task's id
-    digest file and, under use_cache, its text digest file, written unless an earlier run of
-    this output made them; what the driver keeps of each."""
+    """Runs on an actor (which passes its embedder first; its tokenizer chunks texts under
+    chunking): the task's id digest file and, under use_cache, its text digest file, written
+    unless an earlier run of this output made them; what the driver keeps of each."""
     task = ask.task
     columns = [ask.id_column, ask.text[0]] if ask.text else [ask.id_column]
 
@@ -346,6 +358,9 @@ def digest_task(
     column, prompt = ask.text
 
     def texts() -> bytes:
+        if ask.chunks is not None:
+            found = rows()[column].to_list()
+            return chunk_digest_file(embedder, ask.chunks, ask.options, prompt, found, ids())
         return text_digest_file(prompt, rows()[column].to_list(), ids())
 
     return id_summary, cached_file(out, digest_file_path("texts", task), texts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.batch.chunk_rows import ChunkRows, chunk_rows
 from pipelines.batch.repeated_ids import repeats_of
 from pipelines.inputs.planning import Task, read_task
 from pipelines.output.faults import check_write
@@ -43,6 +45,8 @@ from pipelines.reindex.shares import Shared, share_file, share_path, shared_rows
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 from workers import EmbedOptions
+from workers.chunking import Chunking
+from workers.embeddings import TextModel
 from workers.text_hash import TextDigest, text_hashes
 
 if TYPE_CHECKING:  # the driver builds specs; only actors need the embedder (and onnxruntime)
@@ -71,6 +75,7 @@ class TaskSpec:
     storage: StorageSettings = field(default_factory=StorageSettings)  # for s3:// cache_from
     layout: Layout | None = None  # output.dimensions and precision; None: the model's float32
     sizing: FileSizing = field(default_factory=FileSizing)  # output.max_rows_per_file, ...
+    chunking: Chunking | None = None  # embedding.chunking
 
     def layout_for(self, dim: int) -> Layout:
         return self.layout or Layout.of(dim, None, "float32", self.options.normalize)
@@ -95,30 +100,32 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
     reasons = id_problems(ids, spec.repeats)
     live = [i for i, r in enumerate(reasons) if r is None]
     texts = frame[spec.text_column].to_list()
-    live_texts = [texts[i] for i in live]
-    digest = text_hashes(spec.prompt, live_texts)
-    result = resolve(embedder, spec, live_texts, digest)
+    units = units_of(embedder, spec, [texts[i] for i in live], np.array(live, np.int64))
+    for row, reason in units.errors.items():
+        reasons[row] = reason
+    digest = text_hashes(spec.prompt, units.texts)
+    result = resolve(model_for(embedder, spec), units.spec, units.texts, digest)
     found = result.rows
-    for i, error in zip(live, found.errors, strict=True):
-        reasons[i] = error
     embed_s, clock = time.perf_counter() - clock, time.perf_counter()
     ok = found.ok
-    rows = [live[i] for i in np.flatnonzero(ok)]
+    rows = units.rows[ok]
     kept = frame.select(list(spec.keep_columns)).to_arrow()
     table = embeddings_table(
-        [str(ids[i]) for i in rows],
+        [str(ids[i]) for i in rows.tolist()],
         found.vectors[ok],
         found.n_tokens[ok],
         found.truncated[ok],
         digest.hashes[ok],
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
+        units.chunks.columns(np.flatnonzero(ok)) if units.chunks else None,
     )
     if links is not None:  # before the part files: waiters start once it is done
-        shared = shared_rows(spec.position, links.keys, links.shares, np.array(live), digest, found)
+        shared = shared_rows(spec.position, links.keys, links.shares, units.rows, digest, found)
         hand_on(spec, shared)
     files = write_parts(table, spec)
-    files += write_rejects(ids, reasons, spec)
+    rejects = Rejects.of(ids, reasons, units, found.errors)
+    files += write_rejects(rejects, spec)
     write_s = time.perf_counter() - clock
     return DoneMarker(
         task_id=task.task_id,
@@ -127,7 +134,7 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         input_version=task.file.version,
         rows=frame.height,  # task.rows, once a byte range is numbered (inputs/planning.py)
         embedded=result.embedded,
-        rejected=frame.height - len(rows),
+        rejected=len(rejects.rows),
         tokens=result.tokens,
         seconds={"read": read_s, "embed": embed_s, "device": found.device_s, "write": write_s},
         files=tuple(files),
@@ -135,11 +142,80 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         deduplicated=result.deduplicated,
         oom_splits=found.oom_splits,
         max_batch_tokens=embedder.max_batch_tokens,
+        chunks=table.num_rows if units.chunks else 0,
     )
 
 
+@dataclass(frozen=True)
+class Units:
+    """What a task resolves: its live texts, or under pool: none their chunks, with the task
+    row each came from (ascending), and the spec they are resolved under."""
+
+    texts: Sequence[object]
+    rows: np.ndarray  # (units,) int64
+    spec: TaskSpec
+    chunks: ChunkRows | None = None
+    errors: dict[int, str] = field(default_factory=dict)  # task rows that have no unit: why
+
+
+def units_of(embedder: Embedder, spec: TaskSpec, texts: list[object], live: np.ndarray) -> Units:
+    """The task's live texts as the units it embeds (`live`: their task rows)."""
+    if spec.chunking is None or spec.chunking.pool == "mean":
+        return Units(texts, live, spec)
+    from workers.chunker import Chunker, chunk_options  # the tokenizer: actors only
+
+    card = embedder.card
+    chunker = Chunker(embedder.preparer, card.max_seq_length, spec.chunking, spec.options)
+    chunks, errors = chunk_rows(chunker, texts)
+    chunk_spec = dataclasses.replace(spec, options=chunk_options(spec.options))
+    bad = {int(live[i]): e for i, e in enumerate(errors) if e is not None}
+    return Units(chunks.texts, live[chunks.owners], chunk_spec, chunks, bad)
+
+
+def model_for(embedder: Embedder, spec: TaskSpec) -> TextModel:
+    """What embeds a unit: the embedder, or under pool: mean one that pools a text's chunks."""
+    if spec.chunking is not None and spec.chunking.pool == "mean":
+        from workers.chunker import PooledEmbedder  # the tokenizer: actors only
+
+        return PooledEmbedder(embedder, spec.chunking)
+    return embedder
+
+
+@dataclass(frozen=True)
+class Rejects:
+    """A task's reject rows: task row, id, reason, and under pool: none the chunk (None where
+    the whole text is rejected)."""
+
+    rows: list[int]
+    ids: list[str | None]
+    reasons: list[str]
+    chunks: list[int | None] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        ids: list[str | None],
+        reasons: list[str | None],
+        units: Units,
+        errors: Sequence[str | None],
+    ) -> Rejects:
+        """Rows rejected whole (`reasons`), then the units the model could not embed."""
+        whole = [(i, None, r) for i, r in enumerate(reasons) if r is not None]
+        numbers = units.chunks.numbers.tolist() if units.chunks else [None] * len(errors)
+        failed = [
+            (int(units.rows[k]), numbers[k], e) for k, e in enumerate(errors) if e is not None
+        ]
+        found = sorted(whole + failed, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
+        return cls(
+            [r for r, _, _ in found],
+            [ids[r] for r, _, _ in found],
+            [e for _, _, e in found],
+            [c for _, c, _ in found] if units.chunks else None,
+        )
+
+
 def resolve(
-    embedder: Embedder, spec: TaskSpec, texts: list[object], digest: TextDigest
+    embedder: TextModel, spec: TaskSpec, texts: Sequence[object], digest: TextDigest
 ) -> Resolved:
     layout = spec.layout_for(embedder.card.dim)
     if not spec.use_cache:
@@ -188,23 +264,21 @@ def write_parts(table: pa.Table, spec: TaskSpec) -> list[PartFile]:
     return files
 
 
-def write_rejects(
-    ids: list[str | None], reasons: list[str | None], spec: TaskSpec
-) -> list[PartFile]:
-    bad = [i for i, r in enumerate(reasons) if r is not None]
-    if not bad:
+def write_rejects(rejects: Rejects, spec: TaskSpec) -> list[PartFile]:
+    if not rejects.rows:
         return []
     task = spec.task
     table = rejects_table(
         task.file.key,
-        [task.start + i for i in bad],
-        [ids[i] for i in bad],
-        [str(reasons[i]) for i in bad],
+        [task.start + i for i in rejects.rows],
+        rejects.ids,
+        rejects.reasons,
         spec.fingerprint,
+        rejects.chunks,
     )
     relative = Path("_rejects") / f"part-{task.task_id}.parquet"
     sha = out_tree(spec).write_bytes(relative.as_posix(), parquet_bytes(table, spec.sizing))
-    return [PartFile(relative.as_posix(), len(bad), sha, rejects=True)]
+    return [PartFile(relative.as_posix(), len(rejects.rows), sha, rejects=True)]
 
 
 def out_tree(spec: TaskSpec) -> Tree:

@@ -19,6 +19,7 @@ from pipelines.inputs.line_ranges import splits_by_bytes
 from pipelines.inputs.readers import InputFile
 from pipelines.output.file_sizing import FileSizing
 from pipelines.output.layout import QUANTIZED, Layout
+from workers.chunking import Chunking
 from workers.model_dir import ModelCard
 
 FINGERPRINT_FILE = "_embedpipe.json"
@@ -37,9 +38,13 @@ def build_fingerprint(
     # how part files are cut, also only when not the default
     sizing = FileSizing.of(out)
     cutting = {} if sizing.is_default else {"files": dataclasses.asdict(sizing)}
+    # embedding.chunking, also only when set: which rows there are, and under pool: mean what
+    # each vector is
+    chunking = config.embedding.chunked(card.max_seq_length)
+    chunks = {} if chunking is None else {"chunking": dataclasses.asdict(chunking)}
     return {
         "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
-        "options": config.embedding.model_dump(exclude={"max_batch_tokens"}),
+        "options": config.embedding.model_dump(exclude={"max_batch_tokens", "chunking"}),
         "columns": {
             "id": inp.id_column,
             "text": inp.text_column,
@@ -52,11 +57,18 @@ def build_fingerprint(
         # JSON Lines are cut into tasks by bytes: an output made when they were cut by rows
         # would see its done tasks as new ones
         "inputs": [{"key": f.key, "format": f.format, **_split(f)} for f in files],
-        "schema": f"id string, embedding {_embedding(layout)}, n_tokens int32, "
-        "truncated bool, text_hash fixed_size_binary[16], then the kept columns",
+        "schema": f"id string, {_chunk_columns(chunking)}embedding {_embedding(layout)}, "
+        "n_tokens int32, truncated bool, text_hash fixed_size_binary[16], then the kept columns",
         **vectors,
         **cutting,
+        **chunks,
     }
+
+
+def _chunk_columns(chunking: Chunking | None) -> str:
+    if chunking is None or chunking.pool == "mean":
+        return ""
+    return "chunk int32, n_chunks int32, char_start int64, char_end int64, "
 
 
 def _embedding(layout: Layout) -> str:

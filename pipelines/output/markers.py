@@ -51,6 +51,7 @@ class DoneMarker:
     oom_splits: int = 0  # batches split because the device ran out of memory
     max_batch_tokens: int = 0  # the actor's budget when the task ended (lowered by those)
     input_version: str = ""  # the input's version when read (mtime); "" in older markers
+    chunks: int = 0  # under embedding.chunking (pool: none), the chunk rows written
 
     def part_paths(self, out: str) -> tuple[str, ...]:
         """Its part files (not its rejects) under OUT, as locations."""
@@ -72,6 +73,7 @@ class DoneMarker:
             "seconds": self.seconds,
             "files": [f.to_json() for f in self.files],
             "device_oom": {"splits": self.oom_splits, "max_batch_tokens": self.max_batch_tokens},
+            **({"chunks": self.chunks} if self.chunks else {}),
         }
 
     @classmethod
@@ -92,6 +94,7 @@ class DoneMarker:
             oom_splits=oom.get("splits", 0),
             max_batch_tokens=oom.get("max_batch_tokens", 0),
             input_version=raw["input"].get("version", ""),
+            chunks=raw.get("chunks", 0),
         )
 
 
@@ -131,8 +134,9 @@ class FailedMarker:
 
 def totals(done: dict[str, DoneMarker]) -> dict[str, Any]:
     """Over done markers: rows the model embedded, rows copied from cache_from, rows whose text
-    another row of the run had embedded, rows rejected, the tokens the model embedded, and
-    what running out of device memory cost (report.json's keys)."""
+    another row of the run had embedded, rows rejected, under chunking the chunk rows written
+    (embedded, copied and rejected then count chunks), the tokens the model embedded, and what
+    running out of device memory cost (report.json's keys)."""
     markers = list(done.values())
     hit = [m for m in markers if m.oom_splits]
     return {
@@ -140,6 +144,7 @@ def totals(done: dict[str, DoneMarker]) -> dict[str, Any]:
         "rows_from_cache": sum(m.from_cache for m in markers),
         "rows_deduplicated": sum(m.deduplicated for m in markers),
         "rows_rejected": sum(m.rejected for m in markers),
+        "chunks_written": sum(m.chunks for m in markers),
         "tokens": sum(m.tokens for m in markers),
         "device_oom": {
             "splits": sum(m.oom_splits for m in hit),

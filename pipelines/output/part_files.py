@@ -36,10 +36,13 @@ def embeddings_table(
     hashes: np.ndarray,
     kept: pa.Table,
     fingerprint: str,
+    provenance: dict[str, pa.Array] | None = None,
 ) -> pa.Table:
+    """`provenance`: a chunk row's columns (chunk, n_chunks, char_start, char_end), after id."""
     flat = pa.array(np.ascontiguousarray(vectors).reshape(-1))  # the layout's dtype
     columns = {
         "id": pa.array(ids, pa.string()),
+        **(provenance or {}),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
         "n_tokens": pa.array(n_tokens, pa.int32()),
         "truncated": pa.array(truncated, pa.bool_()),
@@ -67,12 +70,20 @@ def hashes_of(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def rejects_table(
-    file_key: str, rows: list[int], ids: list[str | None], reasons: list[str], fingerprint: str
+    file_key: str,
+    rows: list[int],
+    ids: list[str | None],
+    reasons: list[str],
+    fingerprint: str,
+    chunks: list[int | None] | None = None,
 ) -> pa.Table:
+    """`chunks`, under chunking: the chunk rejected, null where the whole text was."""
+    chunk = {} if chunks is None else {"chunk": pa.array(chunks, pa.int32())}
     table = pa.table(
         {
             "file": pa.array([file_key] * len(rows), pa.string()),
             "row": pa.array(rows, pa.int64()),
+            **chunk,
             "id": pa.array(ids, pa.string()),
             "reason": pa.array(reasons, pa.string()),
         }

@@ -4,7 +4,8 @@ The part files are those the output's done markers name (an unfinished task's fi
 searched), read a batch at a time, so memory stays flat in the output's size: the scan keeps
 the k best rows so far and the batch at hand. Each precision is searched as stored: cosine for
 float32 and float16, cosine of the dequantized values (each at the middle of its step) for int8
-and uint8, and for binary and ubinary 1 - Hamming distance / d, from the packed bytes.
+and uint8, and for binary and ubinary 1 - Hamming distance / d, from the packed bytes. On a
+chunked output the rows are chunks: a hit names its chunk and the characters of the text it holds.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ BATCH_ROWS = 8_192
 BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
+# A chunked output's provenance columns (embedding.chunking): which chunk of the text matched.
+CHUNK_COLUMNS = ("chunk", "n_chunks", "char_start", "char_end")
+
+
 @dataclass(frozen=True)
 class Hit:
     id: str
     score: float
     kept: dict[str, Any]  # the kept columns (hive partition values included)
+    chunk: dict[str, int] | None = None  # on a chunked output: CHUNK_COLUMNS of the row
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ def search(output: Output, query: np.ndarray, k: int, storage: StorageSettings) 
                 str(batch.column("id")[i]),
                 float(scores[i]),
                 _kept(batch, int(i), output.kept, partition),
+                _chunk(batch, int(i)),
             )
             for i in top
         ]
@@ -138,7 +145,8 @@ def _batches(
     for location in files:
         with stores.open_input(location, storage) as stream:
             parquet = pq.ParquetFile(stream)
-            present = [c for c in ("id", "embedding", *kept) if c in parquet.schema_arrow.names]
+            wanted = ("id", "embedding", *CHUNK_COLUMNS, *kept)
+            present = [c for c in wanted if c in parquet.schema_arrow.names]
             partition = _partition(location)
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=present):
                 yield batch, partition
@@ -156,3 +164,10 @@ def _kept(
     names = batch.schema.names
     found.update({c: batch.column(names.index(c))[i].as_py() for c in kept if c in names})
     return found
+
+
+def _chunk(batch: pa.RecordBatch, i: int) -> dict[str, int] | None:
+    names = batch.schema.names
+    if "chunk" not in names:
+        return None
+    return {c: int(batch.column(names.index(c))[i].as_py()) for c in CHUNK_COLUMNS}

@@ -7,6 +7,7 @@ was killed, and on a copy of the output.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pipelines.output.fingerprint import FINGERPRINT_FILE
 from pipelines.output.markers import totals
@@ -28,9 +29,9 @@ def describe(out: str, storage: StorageSettings | None = None) -> str:
         f"{out}: {'complete' if state.succeeded() else 'not complete'}",
         f"tasks: {len(done)} done, {len(failed)} failed, {total - len(done) - len(failed)} "
         f"remaining of {total}",
-        f"rows: {counts['rows_embedded']:,} embedded, {counts['rows_from_cache']:,} from cache, "
-        f"{counts['rows_deduplicated']:,} deduplicated, {counts['rows_rejected']:,} rejected; "
-        f"tokens: {counts['tokens']:,}",
+        f"{_unit(counts)}: {counts['rows_embedded']:,} embedded, "
+        f"{counts['rows_from_cache']:,} from cache, {counts['rows_deduplicated']:,} "
+        f"deduplicated, {counts['rows_rejected']:,} rejected; tokens: {counts['tokens']:,}",
         f"model: {model['source']} (sha256 {model['onnx_sha256'][:12]})",
     ]
     for task_id, marker in failed.items():
@@ -43,3 +44,9 @@ def describe(out: str, storage: StorageSettings | None = None) -> str:
 
 def _attempts(n: int) -> str:
     return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
+def _unit(counts: dict[str, Any]) -> str:
+    """What the counts count: rows, or under embedding.chunking chunks (and how many written)."""
+    written = counts["chunks_written"]
+    return f"chunks ({written:,} written)" if written else "rows"

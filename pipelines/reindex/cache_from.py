@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # What must match for a vector to be reused; the rest of a fingerprint (input listing, columns,
 # partitioning) changes which rows there are, not what a text's vector is. `vectors` is the
 # output's dimensions and precision: only outputs of the same layout are reused (a row is
-# copied as stored, never converted).
-DECIDES_VECTORS = ("model", "options", "vectors")
+# copied as stored, never converted). `chunking` under pool: mean, whose vectors are means of
+# chunks; a chunk row's vector is its text's, as any other row's (pool: none decides nothing).
+DECIDES_VECTORS = ("model", "options", "vectors", "chunking")
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,13 @@ def _read(
 
 def _decides(fingerprint: dict[str, Any], key: str) -> Any:
     """The part of a fingerprint's entry that decides the stored bytes: for `vectors`, not where
-    int8/uint8 ranges came from (a sample, or the earlier output itself), only what they are."""
+    int8/uint8 ranges came from (a sample, or the earlier output itself), only what they are;
+    for `chunking`, only a pooled one."""
     value = fingerprint.get(key)
     if key == "vectors" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k != "calibration"}
+    if key == "chunking" and isinstance(value, dict) and value.get("pool") != "mean":
+        return None
     return value
 
 

@@ -14,7 +14,6 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,10 +24,8 @@ from pipelines.storage import stores
 from pipelines.storage.settings import StorageSettings
 from pipelines.storage.tree import Tree
 from workers import Embeddings, EmbedOptions
+from workers.embeddings import TextModel
 from workers.text_hash import HASH_DTYPE, TextDigest, locate
-
-if TYPE_CHECKING:  # only actors run this, and only they load the embedder
-    from workers import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +150,7 @@ def _concat(parts: Sequence[Embeddings]) -> Embeddings:
 
 
 def embed_all(
-    embedder: Embedder, texts: list[object], options: EmbedOptions, layout: Layout
+    embedder: TextModel, texts: Sequence[object], options: EmbedOptions, layout: Layout
 ) -> Resolved:
     """Every row through the model (use_cache off, like the API's x-use-cache: false)."""
     result = encoded(embedder.embed(texts, options), layout)
@@ -162,8 +159,8 @@ def embed_all(
 
 
 def embed_or_copy(
-    embedder: Embedder,
-    texts: list[object],
+    embedder: TextModel,
+    texts: Sequence[object],
     digest: TextDigest,
     options: EmbedOptions,
     cache: Known,

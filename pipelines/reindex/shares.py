@@ -121,10 +121,16 @@ def shared_rows(
     rows: Embeddings,
 ) -> Shared:
     """What the task at `position` hands on, from the rows it resolved: `live` are their rows
-    in the task, `digest` and `rows` theirs in that order; `waiters` the waiter keys by position.
-    A row it could not embed is left out (its waiters embed it, and get its reason)."""
+    in the task (ascending; under chunking a text's chunks share its row, and a waiter wanting
+    one is handed them all), `digest` and `rows` theirs in that order; `waiters` the waiter keys
+    by position. A row it could not embed is left out (its waiters embed it, and get its
+    reason)."""
     mine = shares_of(position, tuple(tables))
-    at = np.minimum(np.searchsorted(live, mine["row"]), max(len(live) - 1, 0))
-    ok = (live[at] == mine["row"]) & rows.ok[at] if len(live) else np.zeros(len(mine), bool)
-    pick = at[ok]
-    return Shared(waiters[mine["waiter"][ok]], digest.hashes[pick], rows.take(pick))
+    first = np.searchsorted(live, mine["row"], side="left")
+    stop = np.searchsorted(live, mine["row"], side="right")
+    sizes = stop - first
+    pick = np.repeat(first - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(sizes.sum())
+    wanted = np.repeat(mine["waiter"], sizes)
+    ok = rows.ok[pick] if len(pick) else np.zeros(0, bool)
+    pick = pick[ok]
+    return Shared(waiters[wanted[ok]], digest.hashes[pick], rows.take(pick))

@@ -72,6 +72,20 @@ def test_overrides_are_read_as_yaml_and_checked():
         load_config(CONF / "default.yaml", ["run.max_retries"])
 
 
+def test_a_chunking_key_on_the_command_line_turns_chunking_on_with_the_defaults(tmp_path):
+    path = write(tmp_path, MINIMAL + "embedding: {chunking: null}\n")
+    assert load_config(path).embedding.chunked(512) is None
+    config = load_config(path, ["embedding.chunking.overlap=16"])
+    chunking = config.embedding.chunked(512)
+    assert (chunking.tokens, chunking.overlap, chunking.pool) == (512, 16, "none")
+    pooled = load_config(path, ["embedding.chunking.tokens=128", "embedding.chunking.pool=mean"])
+    assert pooled.embedding.chunked(512).tokens == 128
+    with pytest.raises(ConfigError, match=r"overlap \(128\) must be below tokens \(128\)"):
+        load_config(path, ["embedding.chunking.tokens=128", "embedding.chunking.overlap=128"])
+    with pytest.raises(ConfigError, match="embedding.chunking.pool"):
+        load_config(path, ["embedding.chunking.pool=max"])
+
+
 def test_truncation_direction_is_case_insensitive(tmp_path):
     path = write(tmp_path, MINIMAL + "embedding: {truncation_direction: Left}\n")
     assert load_config(path).embedding.options().truncation_direction == "left"
@@ -122,6 +136,26 @@ def test_run_refuses_a_bad_value_with_exit_2_naming_the_key(tmp_path, capsys, ov
     assert main(["run", str(write(tmp_path, MINIMAL)), override]) == 2
     err = capsys.readouterr().err
     assert err.startswith("embedpipe: error: ") and re.search(expected, err), err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["embedding.chunking.tokens=512"], "over the model's max_seq_length 256"),
+        (["embedding.chunking.tokens=4", "embedding.chunking.overlap=2"], "leaves 2 token"),
+    ],
+)
+def test_a_chunking_window_the_model_cannot_take_is_refused_before_the_run(
+    tmp_path, capsys, minilm_dir, overrides, expected
+):
+    from pipelines.cli import main
+
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    conf = f"model: {{source: {minilm_dir}}}\ninput: {{path: {tmp_path / 'in.jsonl'}}}\n"
+    conf += f"output: {{path: {tmp_path / 'out'}}}\n"
+    assert main(["run", str(write(tmp_path, conf)), *overrides]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
