@@ -10,7 +10,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -36,12 +36,12 @@ lint: setup ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff format --check pipelines workers export tests bench
 	$(VENV)/bin/mypy
 
-chaos: setup ## a long chaos run: 200 tasks, 30 random SIGKILLs of actors and driver, vs a clean run
+chaos: setup ## a long chaos run: 200 tasks, 30 random SIGKILLs of actors and driver, vs a clean run (CHAOS_ARGS=--chunked: by chunk)
 	$(EP) export --config $(CONF)
 	rm -rf build/chaos
-	$(PY) -m tests.chaos --model-dir $$($(PY) -c "from pipelines.config import load_config; print(load_config('$(CONF)').model.export_dir())") --work build/chaos --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS)
+	$(PY) -m tests.chaos --model-dir $$($(PY) -c "from pipelines.config import load_config; print(load_config('$(CONF)').model.export_dir())") --work build/chaos --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS) $(CHAOS_ARGS)
 
-bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-storage ## run every benchmark that needs no GPU
+bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-storage bench-long ## run every benchmark that needs no GPU
 
 bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
 	$(PY) bench/embedder.py --out bench/results/embedder.json
@@ -60,6 +60,9 @@ bench-storage: setup ## the stdlib corpus in and out of S3 (a local moto server)
 
 bench-output: setup ## bytes per row, query time and recall@10 per output precision; query memory on 1M rows -> bench/results/output.json
 	$(PY) bench/output.py --out bench/results/output.json
+
+bench-long: setup ## ~3,000-token documents chunked vs truncated: tokens/s and tail-question recall@10 -> bench/results/long.json
+	$(PY) bench/long.py --out bench/results/long.json
 
 bench-scale: setup ## driver peak RSS and planning time at 1M, 10M and 30M synthetic rows, Parquet and JSONL -> bench/results/scale.json
 	$(PY) bench/scale.py --out bench/results/scale.json

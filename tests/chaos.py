@@ -5,7 +5,8 @@ moments, the actors of the run and the driver itself; after each driver kill it 
 again, until a run exits 0. The result must equal the clean run's: the same part and reject
 files byte for byte, every input row once (embedded or rejected), no id twice, no temporary file
 anywhere, `_SUCCESS` present. The corpus has bad rows and ids repeated across shards, so the
-kills also hit the rejects and the repeat bookkeeping.
+kills also hit the rejects and the repeat bookkeeping. With --chunked (embedding.chunking) a row
+is a chunk: each (id, chunk) once, and every chunk of an embedded text present or rejected.
 
 Every run is a separate `embedpipe run` process with its own embedded Ray, started in a new
 session: after a driver kill the harness ends that session's process group, as a node's
@@ -36,6 +37,7 @@ from pipelines.demo import build_demo_corpus
 
 EMBEDPIPE = [sys.executable, "-m", "pipelines.cli"]
 ROWS_PER_TASK = 10
+CHUNK_TOKENS = 64
 
 
 @dataclass
@@ -90,13 +92,20 @@ def build_corpus(root: Path, tasks: int) -> int:
 
 
 def write_config(
-    path: Path, model_dir: Path, corpus: Path, out: Path, run: str = "stop_grace_s: 0"
+    path: Path,
+    model_dir: Path,
+    corpus: Path,
+    out: Path,
+    run: str = "stop_grace_s: 0",
+    chunked: bool = False,
 ) -> Path:
+    """chunked: embedding.chunking of CHUNK_TOKENS-token windows, most docstrings several."""
+    chunking = f", chunking: {{tokens: {CHUNK_TOKENS}, overlap: 8}}" if chunked else ""
     path.write_text(
         f"model: {{source: {model_dir}}}\n"
         f"input: {{path: {corpus}, rows_per_task: {ROWS_PER_TASK}, keep_columns: [module]}}\n"
         f"output: {{path: {out}}}\n"
-        "embedding: {max_batch_tokens: 4096}\n"
+        f"embedding: {{max_batch_tokens: 4096{chunking}}}\n"
         "workers: {device: cpu, cpus_per_actor: 1, num_actors: 2}\n"
         f"run: {{max_retries: 5, {run}}}\n"
     )
@@ -225,22 +234,38 @@ def compare(clean: Path, chaotic: Path, corpus_rows: int, report: ChaosReport) -
     parts = pl.read_parquet(chaotic / "part-*.parquet")
     rejects = pl.read_parquet(chaotic / "_rejects" / "*.parquet")
     report.rows_checked = len(parts) + len(rejects)
-    ids, places = parts["id"].n_unique(), rejects.select(pl.struct("file", "row").n_unique()).item()
-    report.rows_duplicated = (len(parts) - ids) + (len(rejects) - places)
-    report.rows_lost = corpus_rows - ids - places
+    # a row (a chunk under chunking) once: an id (with its chunk) once, a reject place once
+    chunked = "chunk" in parts.columns
+    row = ["id", "chunk"] if chunked else ["id"]
+    place = ["file", "row", "chunk"] if chunked else ["file", "row"]
+    unique = parts.select(pl.struct(row).n_unique()).item()
+    places = rejects.select(pl.struct(place).n_unique()).item()
+    report.rows_duplicated = (len(parts) - unique) + (len(rejects) - places)
+    # every input row in the parts or rejected whole; and under chunking, each row's chunks all
+    whole = rejects.filter(pl.col("chunk").is_null()) if chunked else rejects
+    report.rows_lost = corpus_rows - parts["id"].n_unique() - len(whole)
+    if chunked:
+        counts = parts.group_by("id").agg(pl.len(), pl.col("n_chunks").first())
+        rejected = rejects.filter(pl.col("chunk").is_not_null()).group_by("id").agg(pl.len())
+        short = counts.join(rejected, on="id", how="left", suffix="_rejected").filter(
+            pl.col("len") + pl.col("len_rejected").fill_null(0) != pl.col("n_chunks")
+        )
+        report.rows_lost += short.height
     report.temporary_files = [str(p) for p in chaotic.rglob("*") if ".tmp-" in p.name]
     report.success_marker = (chaotic / "_SUCCESS").is_file()
 
 
-def chaos(model_dir: Path, work: Path, tasks: int, kills: int, seed: int) -> ChaosReport:
+def chaos(
+    model_dir: Path, work: Path, tasks: int, kills: int, seed: int, chunked: bool = False
+) -> ChaosReport:
     started = time.monotonic()
     corpus = work / "in"
     rows = build_corpus(corpus, tasks)
-    clean = write_config(work / "clean.yaml", model_dir, corpus, work / "clean")
+    clean = write_config(work / "clean.yaml", model_dir, corpus, work / "clean", chunked=chunked)
     subprocess.run([*EMBEDPIPE, "run", str(clean)], check=True, capture_output=True, env=run_env())
     planned = len(json.loads((work / "clean" / "_state" / "plan.json").read_text())["tasks"])
     report = ChaosReport(tasks=planned)
-    chaotic = write_config(work / "chaos.yaml", model_dir, corpus, work / "chaos")
+    chaotic = write_config(work / "chaos.yaml", model_dir, corpus, work / "chaos", chunked=chunked)
     run_with_kills(chaotic, work / "chaos", report, kills, random.Random(seed))
     compare(work / "clean", work / "chaos", rows, report)
     report.seconds = round(time.monotonic() - started, 1)
@@ -254,11 +279,14 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    parser.add_argument(
+        "--chunked", action="store_true", help=f"embedding.chunking of {CHUNK_TOKENS} tokens"
+    )
     args = parser.parse_args()
     if args.work.exists() and any(args.work.iterdir()):
         parser.error(f"{args.work} is not empty; remove it or pass --work")
     args.work.mkdir(parents=True, exist_ok=True)
-    report = chaos(args.model_dir, args.work, args.tasks, args.kills, args.seed)
+    report = chaos(args.model_dir, args.work, args.tasks, args.kills, args.seed, args.chunked)
     print(json.dumps({"seed": args.seed, **report.summary()}, indent=2))
     ok = not (report.rows_lost or report.rows_duplicated or report.files_differing)
     return 0 if ok and report.success_marker and not report.temporary_files else 1
