@@ -4,6 +4,9 @@ PYTHON ?= python3
 CONF ?= conf/default.yaml
 CHAOS_TASKS ?= 200
 CHAOS_KILLS ?= 30
+# Two: half the suite waits on Ray start-ups, servers and subprocesses, so two workers on CI's 2
+# cores take 22 minutes instead of 32. A file runs on one worker (its module fixtures: one Ray).
+TEST_WORKERS ?= 2
 OUT ?= build/gpu-check
 PY := $(VENV)/bin/python
 EP := $(VENV)/bin/embedpipe
@@ -28,8 +31,8 @@ run: setup ## build the stdlib demo corpus, export the packaged model when missi
 	$(EP) run $(CONF)
 	@echo 'read it with: $(PY) -c "import polars as pl; print(pl.read_parquet(\"build/demo-embeddings/*.parquet\"))"'
 
-test: setup ## run the test suite (what CI runs)
-	$(PY) -m pytest -q --durations=40 $(PYTEST_ARGS)
+test: setup ## run the test suite (what CI runs), on $(TEST_WORKERS) workers, a test file each at a time
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=40 $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check pipelines workers export tests bench

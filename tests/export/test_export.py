@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from export.parity import cosines, reference_embed
-from export.stand_in import build_gte_large_stand_in
+from export.stand_in import build_stand_in
 from tests.conftest import MINILM, PROMPTS, export
 from workers import Embedder, EmbedOptions, OptionError
 from workers.files import sha256_file
@@ -127,12 +127,14 @@ def test_unknown_prompt_name_lists_the_prompts(prompt_dir):
 
 
 @pytest.mark.slow
-def test_gte_large_shape_exports_and_embeds_to_1024_dims(tmp_path):
-    src = build_gte_large_stand_in(tmp_path / "gte-large-random")
+def test_gte_large_width_exports_and_embeds_to_1024_dims_at_512_tokens(tmp_path):
+    """gte-large's hidden size, heads, intermediate size, positions and vocabulary at 2 of its
+    24 layers (depth repeats the same layer: the full one took 4 of CI's 30 minutes)."""
+    src = build_stand_in(tmp_path / "gte-large-random", "gte-large-shallow")
     out = export(src, tmp_path / "gte-large-fp32")
     card = read_card(out)
     assert (card.dim, card.max_seq_length, card.pooling) == (1024, 512, "mean")
-    assert card.fused_operators["Attention"] == 24
+    assert card.fused_operators["Attention"] == 2
     assert card.parity["passed"] and card.parity["min_cosine"] >= 0.9999
     got = Embedder.load(out).embed(["a query", "word " * 700])
     assert got.vectors.shape == (2, 1024) and got.n_tokens.tolist() == [4, 512]
