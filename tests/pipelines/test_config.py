@@ -82,7 +82,7 @@ def test_a_chunking_key_on_the_command_line_turns_chunking_on_with_the_defaults(
     assert pooled.embedding.chunked(512).tokens == 128
     with pytest.raises(ConfigError, match=r"overlap \(128\) must be below tokens \(128\)"):
         load_config(path, ["embedding.chunking.tokens=128", "embedding.chunking.overlap=128"])
-    with pytest.raises(ConfigError, match="embedding.chunking.pool"):
+    with pytest.raises(ConfigError, match=r"embedding\.chunking\.pool"):
         load_config(path, ["embedding.chunking.pool=max"])
 
 
