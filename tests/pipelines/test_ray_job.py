@@ -17,6 +17,10 @@ import pytest
 
 from pipelines.output.state import RunState
 
+# A `ray start` head is the cluster any other driver on the machine joins without an address,
+# and `ray stop` ends every Ray here: `make test` runs this module by itself, after the others.
+pytestmark = pytest.mark.alone
+
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
