@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +30,19 @@ NO_TOKENS = "text has no tokens for this model's tokenizer"
 def chunk_options(options: EmbedOptions) -> EmbedOptions:
     """The options a chunk is embedded with: the text's, with right truncation."""
     return dataclasses.replace(options, truncate=True, truncation_direction="right")
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """Texts' chunks in text order: the text each came from (its index in the texts given),
+    its number, its text's count of chunks, its characters in that text, and its text."""
+
+    owners: np.ndarray  # (m,) int64
+    numbers: np.ndarray  # (m,) int32
+    counts: np.ndarray  # (m,) int32
+    char_starts: np.ndarray  # (m,) int64
+    char_stops: np.ndarray  # (m,) int64
+    texts: list[str]
 
 
 class Chunker:
@@ -62,6 +76,37 @@ class Chunker:
             return NO_TOKENS
         return windows(str(text), spans, self.budget, self.chunking.overlap)
 
+    def rows(self, texts: Sequence[object]) -> tuple[ChunkRows, list[str | None]]:
+        """The chunks of `texts`, and per text why it has none (None where it has)."""
+        owners, numbers, counts, starts, stops, pieces = [], [], [], [], [], []
+        errors: list[str | None] = []
+        for i, text in enumerate(texts):
+            found = self.windows(text)
+            if isinstance(found, str):
+                errors.append(found)
+                continue
+            errors.append(None)
+            k = len(found)
+            owners.append(np.full(k, i, np.int64))
+            numbers.append(np.arange(k, dtype=np.int32))
+            counts.append(np.full(k, k, np.int32))
+            starts.append(found.char_starts)
+            stops.append(found.char_stops)
+            pieces += found.texts(str(text))
+        rows = ChunkRows(
+            _joined(owners, np.int64),
+            _joined(numbers, np.int32),
+            _joined(counts, np.int32),
+            _joined(starts, np.int64),
+            _joined(stops, np.int64),
+            pieces,
+        )
+        return rows, errors
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate([np.zeros(0, dtype), *parts]).astype(dtype, copy=False)
+
 
 class PooledEmbedder:
     """`embed(texts, options)` as Embedder's, each text embedded as its chunks and given their
@@ -80,31 +125,19 @@ class PooledEmbedder:
     def embed(self, texts: Sequence[object], options: EmbedOptions | None = None) -> Embeddings:
         options = options or EmbedOptions()
         chunker = Chunker(self.embedder.preparer, self.card.max_seq_length, self.chunking, options)
-        found = [chunker.windows(t) for t in texts]
-        owners = np.array(
-            [i for i, w in enumerate(found) if not isinstance(w, str) for _ in range(len(w))],
-            np.int64,
-        )
-        pieces = [
-            p
-            for t, w in zip(texts, found, strict=True)
-            if not isinstance(w, str)
-            for p in w.texts(str(t))
-        ]
-        chunks = self.embedder.embed(pieces, chunk_options(options))
-        return _pooled(found, owners, chunks, options.normalize)
+        rows, errors = chunker.rows(texts)
+        chunks = self.embedder.embed(rows.texts, chunk_options(options))
+        return _pooled(rows, errors, chunks, options.normalize)
 
 
 def _pooled(
-    found: list[Windows | str], owners: np.ndarray, chunks: Embeddings, normalize: bool
+    rows: ChunkRows, errors: list[str | None], chunks: Embeddings, normalize: bool
 ) -> Embeddings:
-    n = len(found)
-    errors: list[str | None] = [w if isinstance(w, str) else None for w in found]
-    numbers = _chunk_numbers(owners)
+    n, owners = len(errors), rows.owners
     for k in np.flatnonzero(~chunks.ok).tolist():
         owner = int(owners[k])
         if errors[owner] is None:
-            errors[owner] = f"chunk {numbers[k]}: {chunks.errors[k]}"
+            errors[owner] = f"chunk {rows.numbers[k]}: {chunks.errors[k]}"
     ok = chunks.ok & np.array([errors[o] is None for o in owners.tolist()], bool)
     weights = chunks.n_tokens[ok].astype(np.float64)
     vectors = pooled_normalized(chunks.vectors[ok], weights, owners[ok], n, normalize)
@@ -121,12 +154,3 @@ def _pooled(
         chunks.oom_splits,
         chunks.tokenize_s,
     )
-
-
-def _chunk_numbers(owners: np.ndarray) -> np.ndarray:
-    """Each chunk's number within its text (0-based), chunks being grouped by text in order."""
-    if len(owners) == 0:
-        return owners
-    firsts = np.r_[0, np.flatnonzero(owners[1:] != owners[:-1]) + 1]
-    sizes = np.diff(np.r_[firsts, len(owners)])
-    return np.arange(len(owners)) - np.repeat(firsts, sizes)

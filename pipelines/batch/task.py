@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.batch.chunk_rows import ChunkRows, chunk_rows
+from pipelines.batch.chunk_rows import provenance
 from pipelines.batch.repeated_ids import repeats_of
 from pipelines.inputs.planning import Task, read_task
 from pipelines.output.faults import check_write
@@ -51,6 +51,7 @@ from workers.text_hash import TextDigest, text_hashes
 
 if TYPE_CHECKING:  # the driver builds specs; only actors need the embedder (and onnxruntime)
     from workers import Embedder
+    from workers.chunker import ChunkRows
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         digest.hashes[ok],
         kept.take(pa.array(rows, pa.int64())),
         spec.fingerprint,
-        units.chunks.columns(np.flatnonzero(ok)) if units.chunks else None,
+        provenance(units.chunks, np.flatnonzero(ok)) if units.chunks else None,
     )
     if links is not None:  # before the part files: waiters start once it is done
         shared = shared_rows(spec.position, links.keys, links.shares, units.rows, digest, found)
@@ -166,7 +167,7 @@ def units_of(embedder: Embedder, spec: TaskSpec, texts: list[object], live: np.n
 
     card = embedder.card
     chunker = Chunker(embedder.preparer, card.max_seq_length, spec.chunking, spec.options)
-    chunks, errors = chunk_rows(chunker, texts)
+    chunks, errors = chunker.rows(texts)
     chunk_spec = dataclasses.replace(spec, options=chunk_options(spec.options))
     bad = {int(live[i]): e for i, e in enumerate(errors) if e is not None}
     return Units(chunks.texts, live[chunks.owners], chunk_spec, chunks, bad)
