@@ -232,6 +232,9 @@ class Driver:
             self.task_raised(task, err)
             return
         self.idle.append(actor)
+        # when, and after how many attempts: the run's figures (output/run_figures.py)
+        attempts = self.attempts[task.task_id] + 1
+        marker = dataclasses.replace(marker, finished=time.time(), attempts=attempts)
         self.state.mark_done(marker)
         self._settle(task)
         self.device_s += marker.seconds.get("device", 0.0)

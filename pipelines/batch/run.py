@@ -32,10 +32,12 @@ from pipelines.batch.prepass import (
     plan_reuse,
 )
 from pipelines.batch.progress import Progress
+from pipelines.charts import ChartsUnavailable, run_report_png
 from pipelines.config import Config
 from pipelines.inputs.planning import Task, number_rows
 from pipelines.interrupt import Interrupted, StopRequest
 from pipelines.output.markers import DoneMarker, totals
+from pipelines.output.run_figures import RunFigures, run_figures
 from pipelines.output.state import RunState, StateError
 from pipelines.reindex import cache_from as earlier
 from pipelines.reindex.cache_from import CacheFile, CacheSource
@@ -61,6 +63,7 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
     state = RunState(job.config.output.path, job.storage)
     state.acquire()
     try:
+        state.mark_started(time.time() - (time.monotonic() - started))
         job = adopt_ranges(job, state)
         state.check_fingerprint(job.fingerprint)
         clock = time.monotonic()
@@ -74,13 +77,14 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         index, sources = open_cache(job) if todo else ((), [])
         usage = run_tasks(job, state, todo, stop, index) if todo else {}
         usage["seconds_planning"] = listing_s + usage.get("seconds_prepass", 0.0)
-        report = build_report(job, state, time.monotonic() - started, usage)
+        report, figures = build_report(job, state, time.monotonic() - started, usage)
         report["cache"] = {
             "use_cache": job.config.run.use_cache,
             "sources": [s.as_dict() for s in sources],
         }
         if stop.signum is not None:
             report["interrupted"] = signal.Signals(stop.signum).name
+        report["picture"] = draw_report(state, figures)
         state.write_report(report)
         if report["tasks_done"] == report["tasks_total"]:
             state.sweep_temporaries()  # left by actors killed during this run
@@ -89,6 +93,17 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         return report
     finally:
         state.release()
+
+
+def draw_report(state: RunState, figures: RunFigures) -> str | None:
+    """`_state/report.png` from the run's figures; its location, or None (and how to get it,
+    logged) where matplotlib is missing."""
+    try:
+        png = run_report_png(figures, f"embedpipe run: {state.out}")
+    except ChartsUnavailable as err:
+        log.info("no _state/report.png: %s; the figures are in _state/report.json", err)
+        return None
+    return state.write_picture("report.png", png)
 
 
 def open_cache(job: Job) -> tuple[tuple[CacheFile, ...], list[CacheSource]]:
@@ -234,14 +249,12 @@ def calibrated(job: Job, state: RunState, actors: list[Any], stop: StopRequest) 
 
 def build_report(
     job: Job, state: RunState, seconds: float, usage: dict[str, float]
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], RunFigures]:
+    """report.json, and the figures (rates over the tasks this run did) that draw_report draws."""
     planned = {t.task_id for t in job.tasks}
     done, failed = state.settled(planned)
-    stages: dict[str, float] = {}
-    for marker in done.values():
-        for stage, secs in marker.seconds.items():
-            stages[stage] = stages.get(stage, 0.0) + secs
-    return {
+    figures = run_figures(done, failed, state.started_at())
+    report = {
         "output": str(state.out),
         "tasks_total": len(planned),
         "tasks_done": len(done),
@@ -257,6 +270,8 @@ def build_report(
         "device_idle_share": round(usage["device_idle_share"], 3)
         if "device_idle_share" in usage
         else None,
-        "seconds_per_stage": {k: round(v, 3) for k, v in stages.items()},
+        "seconds_per_stage": {k: round(v, 3) for k, v in figures.seconds_per_stage.items()},
         "failures": {k: v.message for k, v in failed.items()},
+        "figures": figures.as_dict(),
     }
+    return report, figures

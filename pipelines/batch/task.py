@@ -32,6 +32,7 @@ from pipelines.output.part_files import (
     partitions,
     rejects_table,
 )
+from pipelines.output.run_figures import token_histogram
 from pipelines.reindex.embed_or_copy import (
     Resolved,
     embed_all,
@@ -144,6 +145,8 @@ def run_task(embedder: Embedder, spec: TaskSpec, *fetched: Any) -> DoneMarker:
         oom_splits=found.oom_splits,
         max_batch_tokens=embedder.max_batch_tokens,
         chunks=table.num_rows if units.chunks else 0,
+        token_counts=token_histogram(found.n_tokens[ok], embedder.card.max_seq_length),
+        token_max=embedder.card.max_seq_length,
     )
 
 

@@ -52,6 +52,13 @@ class DoneMarker:
     max_batch_tokens: int = 0  # the actor's budget when the task ended (lowered by those)
     input_version: str = ""  # the input's version when read (mtime); "" in older markers
     chunks: int = 0  # under embedding.chunking (pool: none), the chunk rows written
+    # For the run's figures (output/run_figures.py): when the driver recorded it (Unix
+    # seconds; 0 in older markers), the attempt that succeeded, and its rows' n_tokens in
+    # TOKEN_BINS bins over [0, token_max] plus one bin above
+    finished: float = 0.0
+    attempts: int = 1
+    token_counts: tuple[int, ...] = ()
+    token_max: int = 0
 
     def part_paths(self, out: str) -> tuple[str, ...]:
         """Its part files (not its rejects) under OUT, as locations."""
@@ -74,6 +81,9 @@ class DoneMarker:
             "files": [f.to_json() for f in self.files],
             "device_oom": {"splits": self.oom_splits, "max_batch_tokens": self.max_batch_tokens},
             **({"chunks": self.chunks} if self.chunks else {}),
+            "finished": self.finished,
+            "attempts": self.attempts,
+            "token_histogram": {"max": self.token_max, "counts": list(self.token_counts)},
         }
 
     @classmethod
@@ -95,6 +105,10 @@ class DoneMarker:
             max_batch_tokens=oom.get("max_batch_tokens", 0),
             input_version=raw["input"].get("version", ""),
             chunks=raw.get("chunks", 0),
+            finished=raw.get("finished", 0.0),
+            attempts=raw.get("attempts", 1),
+            token_counts=tuple(raw.get("token_histogram", {}).get("counts", ())),
+            token_max=raw.get("token_histogram", {}).get("max", 0),
         )
 
 

@@ -132,6 +132,23 @@ class RunState:
     def write_report(self, report: dict[str, Any]) -> None:
         self._write_marker(f"{STATE}/report.json", report)
 
+    def mark_started(self, at: float) -> None:
+        """When this run (not the first one of the output) started: the run's rates count the
+        tasks done since (output/run_figures.py)."""
+        self._write_marker(f"{STATE}/started.json", {"at": at})
+
+    def started_at(self) -> float:
+        text = self.tree.read_text(f"{STATE}/started.json")
+        return 0.0 if text is None else float(json.loads(text)["at"])
+
+    def write_picture(self, name: str, data: bytes) -> str:
+        """A picture of the run (`_state/report.png`), written whole; its location."""
+        try:
+            self.tree.write_bytes(f"{STATE}/{name}", data)
+        except OSError as err:
+            raise StateError(f"cannot write {self.tree.at(f'{STATE}/{name}')}: {err}") from err
+        return self.tree.at(f"{STATE}/{name}")
+
     def report(self) -> dict[str, Any] | None:
         text = self.tree.read_text(f"{STATE}/report.json")
         return None if text is None else dict(json.loads(text))

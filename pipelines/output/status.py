@@ -11,6 +11,7 @@ from typing import Any
 
 from pipelines.output.fingerprint import FINGERPRINT_FILE
 from pipelines.output.markers import totals
+from pipelines.output.run_figures import RunFigures, run_figures, summary_lines
 from pipelines.output.state import RunState, StateError
 from pipelines.storage.settings import StorageSettings
 
@@ -34,12 +35,32 @@ def describe(out: str, storage: StorageSettings | None = None) -> str:
         f"deduplicated, {counts['rows_rejected']:,} rejected; tokens: {counts['tokens']:,}",
         f"model: {model['source']} (sha256 {model['onnx_sha256'][:12]})",
     ]
+    figures = run_figures(done, failed, state.started_at())
+    lines += summary_lines(figures)
+    left = total - len(done) - len(failed)
+    if left and not state.succeeded() and (eta := _eta(figures, left)) is not None:
+        lines.append(f"at this pace the {left} remaining task(s) take about {eta}")
     for task_id, marker in failed.items():
         lines.append(
             f"failed {task_id} ({marker.file}, rows {marker.rows[0]}-{marker.rows[1]}, "
             f"{_attempts(marker.attempts)}): {marker.message}"
         )
     return "\n".join(lines)
+
+
+def figures_of(out: str, storage: StorageSettings | None = None) -> RunFigures:
+    """The run's figures as `status` shows them, for `status --plot`."""
+    state = RunState(out, storage)
+    done, failed = state.settled({entry["task"] for entry in state.plan()})
+    return run_figures(done, failed, state.started_at())
+
+
+def _eta(figures: RunFigures, left: int) -> str | None:
+    """The remaining tasks at the pace of the tasks done since this run started."""
+    if figures.span_s <= 0 or not figures.tasks_timed:
+        return None
+    seconds = figures.span_s / figures.tasks_timed * left
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def _attempts(n: int) -> str:
