@@ -1,6 +1,6 @@
 """The `embedpipe` command. Parsing and printing live here; the work is elsewhere: `run` in
-pipelines/batch/, `status` in pipelines/output/, `serve` in pipelines/serve/, `embed` in workers/,
-`export` and `verify` in export/.
+pipelines/batch/, `plan` in pipelines/plan/, `status` in pipelines/output/, `serve` in
+pipelines/serve/, `embed` in workers/, `export` and `verify` in export/.
 
 `export` and `verify` import the export package lazily: it needs PyTorch (the `export` extra),
 which the runtime commands never do. Exit codes: 0 done, 1 failed (a failed task, a failed
@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.charts import ChartsUnavailable
 from pipelines.config import Config, ConfigError, ServeJob, load_config
 from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 2
     except (ModelDirError, OptionError, DeviceError, ValueError) as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 1
+    except ChartsUnavailable as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 1
     except ImportError as err:
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_verify(commands.add_parser("verify", help="compare a model directory to its reference"))
     _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
     _add_run(commands.add_parser("run", help="embed a corpus into Parquet with Ray actors"))
+    _add_plan(commands.add_parser("plan", help="what a run of a config will meet and cost"))
     _add_status(commands.add_parser("status", help="show the state of an output directory"))
     _add_query(commands.add_parser("query", help="search an output for the rows nearest a text"))
     _add_serve(commands.add_parser("serve", help="serve the feature-extraction API over HTTP"))
@@ -90,6 +95,26 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_run)
 
 
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="job config (YAML), read as `run` reads it")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=10_000,
+        help="distinct texts to tokenize (default 10000); 0 tokenizes every text (exact)",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--tokens-per-s",
+        type=float,
+        help="one actor's model throughput; default: timed on the configured device here",
+    )
+    p.add_argument("--actors", type=int, help="actors the run will have (default: the config's)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the token-length histogram")
+    p.set_defaults(handler=_plan)
+
+
 def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="job config (YAML): model, embedding and serve")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -98,6 +123,9 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the output.path of a run (a directory or s3://bucket/prefix)")
+    p.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw the run's report (as report.png)"
+    )
     p.set_defaults(handler=_status)
 
 
@@ -449,6 +477,42 @@ def _query_model(args: argparse.Namespace, fingerprint: dict[str, Any], storage:
     return Embedder.load(model_dir, threads=os.cpu_count())
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from pipelines.inputs.readers import InputError
+    from pipelines.output.state import StateError
+    from pipelines.plan.command import PlanRequest, plan_job
+    from pipelines.plan.show import plan_lines
+
+    if args.sample < 0 or (args.actors is not None and args.actors < 1):
+        raise ConfigError("--sample must be 0 or more, --actors 1 or more")
+    config = load_config(args.config, args.overrides)
+    request = PlanRequest(args.sample or None, args.tokens_per_s, args.actors)
+    try:
+        plan = plan_job(config, request)
+    except (StateError, InputError, ModelDirError) as err:
+        print(f"embedpipe: error: {err}", file=sys.stderr)
+        return 2
+    if args.plot:
+        _plot_lengths(plan, args.plot)
+    if args.json:
+        print(json.dumps(plan.figures, indent=2))
+    else:
+        print("\n".join(plan_lines(plan.figures, str(args.config))))
+    return 0
+
+
+def _plot_lengths(plan: Any, path: Path) -> None:
+    from pipelines.charts import token_lengths_png
+
+    figures = plan.figures
+    title = f"token lengths of {figures['sample']['texts']:,} sampled texts"
+    # each sampled row stands for rows / sampled rows of the input
+    weights = plan.rows * (figures["rows"] / max(figures["sample"]["rows"], 1))
+    length = figures["tokens"]["max_seq_length"]
+    path.write_bytes(token_lengths_png(plan.lengths, weights, length, title))
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def _status(args: argparse.Namespace) -> int:
     from pipelines.output.state import StateError
     from pipelines.output.status import describe
@@ -456,6 +520,13 @@ def _status(args: argparse.Namespace) -> int:
 
     try:
         print(describe(args.out, StorageSettings.resolve()))
+        if args.plot:
+            from pipelines.charts import run_report_png
+            from pipelines.output.status import figures_of
+
+            figures = figures_of(args.out, StorageSettings.resolve())
+            args.plot.write_bytes(run_report_png(figures, f"embedpipe run: {args.out}"))
+            print(f"wrote {args.plot}", file=sys.stderr)
     except (StateError, OSError) as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 2

@@ -208,6 +208,21 @@ class TextPreparer:
         spans = np.concatenate(offsets)
         return TokenSpans(spans[:, 0], spans[:, 1], np.concatenate(words))
 
+    def full_lengths(self, texts: Sequence[str], options: EmbedOptions) -> np.ndarray:
+        """Each text's tokens before any truncation: the prompt's, its own and the special
+        tokens (what `embedpipe plan` compares with max_seq_length); long texts are counted a
+        piece at a time, so memory stays bounded."""
+        prompt = self.prompt_for(options)
+        lengths = np.zeros(len(texts), np.int64)
+        short = [i for i, t in enumerate(texts) if len(t) <= self._long_chars]
+        found = self._tok.encode_batch_fast(
+            [prompt + texts[i] for i in short], add_special_tokens=False
+        )
+        lengths[short] = [len(enc.ids) for enc in found]
+        for i in sorted(set(range(len(texts))) - set(short)):
+            lengths[i] = self._count(prompt + texts[i])
+        return lengths + self.specials
+
     def _specials(self, ids: np.ndarray) -> list[Token]:
         return [Token(int(i), self._tok.id_to_token(int(i)) or "", True, None, None) for i in ids]
 
