@@ -17,7 +17,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench-output: setup ## bytes per row, query time and recall@10 per output precis
 
 bench-long: setup ## ~3,000-token documents chunked vs truncated: tokens/s and tail-question recall@10 -> bench/results/long.json
 	$(PY) bench/long.py --out bench/results/long.json
+
+bench-plan: setup ## embedpipe plan on bench-scale's 1M-row corpus: its seconds over the run's, its estimates beside the run's -> bench/results/plan.json
+	$(PY) bench/plan.py --out bench/results/plan.json
 
 bench-scale: setup ## driver peak RSS and planning time at 1M, 10M and 30M synthetic rows, Parquet and JSONL -> bench/results/scale.json
 	$(PY) bench/scale.py --out bench/results/scale.json
