@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ import yaml
 
 from pipelines.charts import ChartsUnavailable
 from pipelines.config import Config, ConfigError, ServeJob, load_config
+from pipelines.help_texts import COMMANDS, FIRST_STEPS, TOOL
+from pipelines.import_hints import import_hint
 from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
 from workers.model_dir import ATTENTION_LAYOUTS, CARD_FILE, DTYPES, ModelDirError, read_card
 
 log = logging.getLogger(__name__)
-
-EXPORT_HINT = "this command needs the export extra: pip install 'embedpipe[export]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 1
     except ImportError as err:
-        print(f"embedpipe: error: {err}; {EXPORT_HINT}", file=sys.stderr)
+        print(f"embedpipe: error: {import_hint(err)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader (`| head`) went away: not an error of ours, and nothing left to say.
@@ -72,21 +73,46 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_export(commands.add_parser("export", help="export a model to an ONNX model directory"))
-    _add_verify(commands.add_parser("verify", help="compare a model directory to its reference"))
-    _add_embed(commands.add_parser("embed", help="embed texts and print a JSON array of arrays"))
-    _add_run(commands.add_parser("run", help="embed a corpus into Parquet with Ray actors"))
-    _add_plan(commands.add_parser("plan", help="what a run of a config will meet and cost"))
-    _add_status(commands.add_parser("status", help="show the state of an output directory"))
-    _add_query(commands.add_parser("query", help="search an output for the rows nearest a text"))
-    _add_serve(commands.add_parser("serve", help="serve the feature-extraction API over HTTP"))
-    demo = commands.add_parser("demo-corpus", help="write shards of stdlib docstrings to DIR")
+    parser = argparse.ArgumentParser(
+        prog="embedpipe",
+        description=TOOL,
+        epilog=FIRST_STEPS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(_command(commands, "run"))
+    _add_plan(_command(commands, "plan"))
+    _add_config(_command(commands, "config"))
+    _add_status(_command(commands, "status"))
+    _add_query(_command(commands, "query"))
+    _add_serve(_command(commands, "serve"))
+    _add_embed(_command(commands, "embed"))
+    _add_export(_command(commands, "export"))
+    _add_verify(_command(commands, "verify"))
+    demo = _command(commands, "demo-corpus")
     demo.add_argument("out", type=Path)
     demo.add_argument("--limit", type=int, default=6000, help="rows at most")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _command(commands: Any, name: str) -> argparse.ArgumentParser:
+    """A subcommand with its summary, description, examples and exit codes (help_texts.py)."""
+    text = COMMANDS[name]
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=text.summary,
+        description=textwrap.fill(text.description, 92),
+        epilog=text.epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="job config (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(handler=_config)
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -511,6 +537,13 @@ def _plot_lengths(plan: Any, path: Path) -> None:
     length = figures["tokens"]["max_seq_length"]
     path.write_bytes(token_lengths_png(plan.lengths, weights, length, title))
     print(f"wrote {path}", file=sys.stderr)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from pipelines.batch.preflight import resolved_config
+
+    print(resolved_config(load_config(args.config, args.overrides)), end="")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
