@@ -235,7 +235,7 @@ def ensure_model(config: Config | ServeJob) -> Path:
         return model_dir
     if card.dtype != model.dtype:
         raise ModelDirError(
-            f"{model_dir} holds a {card.dtype} export but model.dtype is {model.dtype}; "
+            f"{model_dir} holds the {card.dtype} export, but model.dtype is {model.dtype}; "
             "point model.dir elsewhere or set model.dtype to match"
         )
     if model.attention is not None and card.attention != model.attention:

@@ -1,5 +1,6 @@
-"""Progress: a live bar on a terminal, a log line every few seconds otherwise (what `ray job
-logs` shows), both with rows, tokens/s, ETA and failures."""
+"""Progress: a live bar on a terminal; otherwise (what `ray job logs` shows) a log line when
+rows or failures changed, at most every few seconds, and a heartbeat each minute while nothing
+finishes; both with rows, tokens/s, ETA and failures."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from pipelines.output.markers import DoneMarker
 
 log = logging.getLogger("embedpipe.progress")
+HEARTBEAT_S = 60.0  # without a terminal: a line when rows or failures change, else this often
 
 
 class Progress:
@@ -30,6 +32,7 @@ class Progress:
         self._interval = 0.2 if self._tty else interval_s
         self._started = time.monotonic()
         self._shown = 0.0
+        self._logged: tuple[int, int] | None = None  # rows and failures last logged
 
     def task_done(self, result: DoneMarker) -> None:
         self.rows += result.rows
@@ -44,13 +47,17 @@ class Progress:
         now = time.monotonic()
         if not force and now - self._shown < self._interval:
             return
-        self._shown = now
-        line = self.line(now - self._started)
         if self._tty:
-            self._stream.write("\r" + line.ljust(100))
+            self._shown = now
+            self._stream.write("\r" + self.line(now - self._started).ljust(100))
             self._stream.flush()
-        else:
-            log.info(line)
+            return
+        # a log keeps a line per change, and a heartbeat while nothing finishes
+        state = (self.rows, self.failures)
+        if not force and state == self._logged and now - self._shown < HEARTBEAT_S:
+            return
+        self._shown, self._logged = now, state
+        log.info(self.line(now - self._started))
 
     def close(self) -> None:
         self.tick(force=True)

@@ -49,3 +49,18 @@ def test_a_terminal_gets_a_redrawn_bar_and_a_final_newline():
     progress.close()
     assert screen.getvalue().startswith("\r[########################] 10/10 rows")
     assert screen.getvalue().endswith("\n")
+
+
+def test_a_log_repeats_no_unchanged_line_but_beats_each_minute(monkeypatch, caplog):
+    clock = [100.0]
+    monkeypatch.setattr("pipelines.batch.progress.time.monotonic", lambda: clock[0])
+    progress = Progress(total_rows=10, done_rows=0, stream=io.StringIO(), interval_s=5)
+    with caplog.at_level("INFO", logger="embedpipe.progress"):
+        for _ in range(13):  # 65 s of ticks, 5 s apart, with nothing done
+            clock[0] += 5
+            progress.tick()
+        assert len(caplog.records) == 2  # the first line, then the heartbeat at 60 s
+        progress.task_done(done(rows=4, tokens=40))
+        clock[0] += 5
+        progress.tick()
+        assert len(caplog.records) == 3 and "4/10 rows" in caplog.records[-1].getMessage()
