@@ -13,6 +13,10 @@ from pathlib import Path
 
 from workers.files import sha256_file
 
+# the entrypoint of the README's Ray job recipe, as a user types it: the `python` on the PATH
+# of the environment Ray was started from (test_ray_job.py submits it)
+README_ENTRYPOINT = ["python", "-m", "pipelines.cli", "run"]
+
 # a run's output
 
 

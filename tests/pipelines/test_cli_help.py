@@ -14,6 +14,7 @@ from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.help_texts import COMMANDS
 from pipelines.import_hints import PACKAGES, import_hint
+from tests.pipelines.helpers import README_ENTRYPOINT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,3 +82,10 @@ def test_every_dependency_in_pyproject_has_its_hint():
     for requirement, extra in wanted:
         package = re.split(r"[<>=!~ ]", requirement)[0]
         assert (package, extra) in named, f"{requirement} ({extra or 'runtime'}) has no hint"
+
+
+def test_the_readme_s_ray_job_recipe_is_the_one_test_ray_job_submits():
+    readme = (ROOT / "README.md").read_text()
+    recipe = "ray job submit --address http://HEAD:8265 --working-dir . -- "
+    assert recipe + " ".join(README_ENTRYPOINT) + " conf/gte-large.yaml" in readme
+    assert "source .venv/bin/activate" in readme and "RAY_AUTH_TOKEN" in readme

@@ -1,4 +1,6 @@
-"""`ray job submit --working-dir . -- python -m pipelines.cli run CONF` against a real head node.
+"""The README's Ray job recipe against a real head node with token authentication: Ray started
+from embedpipe's environment, then `ray job submit --working-dir . -- python -m pipelines.cli
+run CONF`.
 
 Kept in its own module: `ray stop` ends every Ray process of this machine, so no in-process Ray
 of another test module may be running while this one does.
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.output.state import RunState
+from tests.pipelines.helpers import README_ENTRYPOINT
 
 # A `ray start` head is the cluster any other driver on the machine joins without an address,
 # and `ray stop` ends every Ray here: `make test` runs this module by itself, after the others.
@@ -34,6 +37,10 @@ def free_port() -> int:
 @pytest.fixture
 def head_node():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # As the README's recipe says: Ray started from the environment embedpipe is installed in
+    # (activated: its bin first on PATH), so the entrypoint's `python` is that one.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(Path(sys.executable).parents[1])
     # Ray 2.59+ authenticates local clusters by default: head and submitter share one token,
     # as on a real cluster.
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
@@ -85,10 +92,7 @@ def test_a_submitted_job_embeds_the_corpus(head_node, tmp_path, minilm_dir):
             "--working-dir",
             str(REPO),
             "--",
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "run",
+            *README_ENTRYPOINT,
             str(conf),
         ],
         env=env,
