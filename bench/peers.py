@@ -121,6 +121,9 @@ def embedpipe_run(model: Path, corpus: Path, out: Path, gpu: bool) -> dict:
         "wall_s_no_startup": round(report["seconds"] - report["seconds_startup"], 2),
         "seconds_startup": report["seconds_startup"],
         "seconds_planning": report["seconds_planning"],
+        "seconds_embedding": report["seconds_embedding"],
+        "device_idle_share": report["device_idle_share"],
+        "seconds_per_stage": report["seconds_per_stage"],
         "rows_embedded": report["rows_embedded"],
         "rows_deduplicated": report["rows_deduplicated"],
     }
