@@ -10,6 +10,7 @@
 #   bench.log  bench/gpu.py: exports, attention kernels, layouts, sentence-transformers, run
 #   gpu.json   its figures (commit as bench/results/gpu.json)
 #   tests.log  the gpu-marked tests
+#   peers.log, peers.json  bench/peers.py --gpu: Ray Data + sentence-transformers vs embedpipe fp16
 # Rehearse on a CPU with GPU_CHECK_ARGS="--device cpu --shape tiny" (the gpu tests then skip).
 set -uo pipefail
 out=${OUT:?set OUT=DIR, the folder whose files come back}
@@ -43,4 +44,7 @@ step bench 420 "$py" bench/gpu.py --out "$out/gpu.json" --work /tmp/embedpipe-gp
   --docs 10000 --layout-docs 2000 ${corpus:+--corpus "$corpus"} "$@"
 step tests 120 "$py" -m pytest -q -p no:cacheprovider -m gpu \
   tests/workers/test_gpu.py tests/pipelines/test_gpu_run.py
+# last, so a window that runs short loses only this: make bench-peers's fp16 variants
+[[ -n $corpus ]] && step peers 150 "$py" bench/peers.py --gpu --out "$out/peers.json" \
+  --work /tmp/embedpipe-peers --corpus "$corpus"
 echo "gpu-check done $(date -u +%FT%TZ)" | tee -a "$out/steps.log"
