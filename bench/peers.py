@@ -14,8 +14,9 @@ Reported per variant: `wall_s` (the process, start to exit: imports, Ray, model 
 and `wall_s_no_startup` (from the moment the model was loaded in its actor to the end; for
 `embedpipe run` its report's seconds less seconds_startup). `speedup_vs_raydata_st` is
 raydata_st's wall_s over embedpipe_fp32's, `speedup_vs_raydata_st_int8` over embedpipe_int8's;
-the `_no_startup` keys the same without start-up. With --gpu the embedpipe variants use fp16
-exports on CUDA and the peers run on the GPU (part of `make gpu-check` where one is lent).
+the `_no_startup` keys the same without start-up. With --gpu: the peer on CUDA, EmbedBatches and
+`embedpipe run` with the fp16 export (`embedpipe_fp16`, `speedup_vs_raydata_st_fp16`); part of
+`make gpu-check` where a GPU is lent.
 
     python bench/peers.py --out bench/results/peers.json          (make bench-peers)
 """
@@ -45,6 +46,7 @@ from common import (
 
 SHARDS = 8
 VARIANTS = ("raydata_st", "raydata_embedpipe", "embedpipe_fp32", "embedpipe_int8")
+GPU_VARIANTS = ("raydata_st", "raydata_embedpipe", "embedpipe_fp16")
 
 
 def main() -> None:
@@ -54,14 +56,15 @@ def main() -> None:
         return
     texts = load_texts(args.corpus)
     corpus = write_shards(texts, len(texts), SHARDS, args.work / "corpus")
-    models = {
-        "fp32": exported(MINILM, args.work / "minilm-fp32"),
-        "int8": exported(MINILM, args.work / "minilm-int8", "int8"),
-    }
     if args.gpu:
-        models["fp16"] = exported(MINILM, args.work / "minilm-fp16", "fp16")
+        models = {"fp16": exported(MINILM, args.work / "minilm-fp16", "fp16")}
+    else:
+        models = {
+            "fp32": exported(MINILM, args.work / "minilm-fp32"),
+            "int8": exported(MINILM, args.work / "minilm-int8", "int8"),
+        }
     found = {}
-    for variant in VARIANTS:
+    for variant in GPU_VARIANTS if args.gpu else VARIANTS:
         found[variant] = measure(args, variant, corpus, models)
         print(json.dumps({variant: found[variant]}), file=sys.stderr)
     result = {
@@ -78,7 +81,10 @@ def main() -> None:
 def speedups(found: dict) -> dict:
     peer = found["raydata_st"]
     out = {}
-    for key, variant in (("", "embedpipe_fp32"), ("_int8", "embedpipe_int8")):
+    pairs = (("", "embedpipe_fp32"), ("_int8", "embedpipe_int8"), ("_fp16", "embedpipe_fp16"))
+    for key, variant in pairs:
+        if variant not in found:
+            continue
         ours = found[variant]
         out[f"speedup_vs_raydata_st{key}"] = round(peer["wall_s"] / ours["wall_s"], 3)
         out[f"speedup_vs_raydata_st{key}_no_startup"] = round(
@@ -92,10 +98,9 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     shutil.rmtree(out, ignore_errors=True)
     clock = time.monotonic()
     if variant.startswith("embedpipe"):
-        dtype = "fp16" if args.gpu else variant.rsplit("_", 1)[1]
-        found = embedpipe_run(models[dtype], corpus, out, args.gpu)
+        found = embedpipe_run(models[variant.rsplit("_", 1)[1]], corpus, out, args.gpu)
     else:
-        found = child(args, variant, corpus, out, models["fp32"])
+        found = child(args, variant, corpus, out, models["fp16" if args.gpu else "fp32"])
     found["wall_s"] = round(time.monotonic() - clock, 2)
     shutil.rmtree(out, ignore_errors=True)
     return found
@@ -224,7 +229,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-peers")
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--gpu", action="store_true", help="fp16 on CUDA, peers on the GPU")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS[:2], help=argparse.SUPPRESS)
     parser.add_argument("--corpus-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
