@@ -193,14 +193,17 @@ def _repeated_ids(sketch: BottomK, ids: list[object], keys: np.ndarray) -> set[i
     if sketch.k is not None:
         return set()
     rows = [row for row, i in enumerate(ids) if i is not None]
-    seen, repeated = set(sketch.counts), set()
+    here: set[int] = set()  # this task's ids so far; earlier tasks' are the sketch's
+    repeated = set()
     for row, key in zip(rows, keys.tolist(), strict=True):
-        if key in seen:
+        if key in sketch.counts or key in here:
             repeated.add(row)
-        seen.add(key)
+        here.add(key)
     return repeated
 
 
 def _forget(held: dict[int, Any], sketch: BottomK) -> None:
+    if sketch.k is None:  # a sketch of every key drops none
+        return
     for key in [k for k in held if k not in sketch.counts]:
         del held[key]
