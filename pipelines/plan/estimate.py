@@ -9,6 +9,7 @@ counts that a text's rows come into the sample together.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,76 +100,88 @@ def figures(
     (truncate, reject or chunk), chunked (pool none), use_cache, cache (whether cache_from
     was given)."""
     exact = found.texts.exact
-    max_len = settings["max_seq_length"]
-    over = sampled.share((sampled.lengths > max_len).astype(float), exact)
-    repeats = ratio(sampled.rows - 1, sampled.rows, exact)
+    over = sampled.share((sampled.lengths > settings["max_seq_length"]).astype(float), exact)
     ids = id_repeats(found)
     if found.ids.k is None:  # the pass rejected them, row by row
         live, id_rejects = float(found.rows_live), Estimate(found.rejects.get(ID_REPEATS, 0), 0)
     else:  # rows an id repeat does not reject, estimated
         live = found.rows_live * (1 - ids.value)
         id_rejects = Estimate(ids.value * found.rows_live, ids.margin * found.rows_live)
-    with_chunks = np.maximum(sampled.chunks, 0)
-    cache = ratio(sampled.rows * sampled.cached_chunks, sampled.rows * with_chunks, exact)
-    too_long = over.value * live if settings["long_texts"] == "reject" else 0.0
-    held = sampled.cached_chunks / np.maximum(with_chunks, 1)  # of a text's tokens, cached
-    uncached = sampled.model_tokens * (1 - held)
-    if settings["use_cache"]:  # each distinct text (or chunk) embedded once, unless cached
-        per_row = ratio(uncached, sampled.rows, exact)
-    else:
-        per_row = sampled.share(sampled.model_tokens.astype(float), exact)
-    tokens = Estimate(per_row.value * live, per_row.margin * live)
-    rows_out = live - too_long
+    rejecting = settings["long_texts"] == "reject"
+    too_long = Estimate(over.value * live, over.margin * live) if rejecting else Estimate(0, 0)
+    chunks = np.maximum(sampled.chunks, 0)
+    rows_out = live - too_long.value
     if settings["chunked"]:
-        rows_out = sampled.share(with_chunks.astype(float), exact).value * live
-    wall = None
-    if throughput is not None and throughput.tokens_per_s > 0:
-        wall = tokens.value / (throughput.tokens_per_s * max(actors, 1))
+        rows_out = sampled.share(chunks.astype(float), exact).value * live
+    tokens = model_tokens(sampled, settings["use_cache"], exact, live)
+    cache = ratio(sampled.rows * sampled.cached_chunks, sampled.rows * chunks, exact)
     return {
-        "inputs": {
-            fmt: {
-                "files": c.files,
-                "rows": c.rows,
-                "tasks": c.tasks,
-                "bytes": c.bytes,
-                "unreadable": c.unreadable,
-            }
-            for fmt, c in sorted(found.formats.items())
-        },
+        "inputs": {fmt: dataclasses.asdict(c) for fmt, c in sorted(found.formats.items())},
         "rows": sum(c.rows for c in found.formats.values()),
         "tasks": sum(c.tasks for c in found.formats.values()),
         "rejects": {
             **{_reject_key(k): v for k, v in sorted(found.rejects.items()) if k != ID_REPEATS},
             "repeated_id": id_rejects.as_dict(0),
-            "too_long": Estimate(too_long, over.margin * live if too_long else 0.0).as_dict(0),
+            "too_long": too_long.as_dict(0),
         },
-        "sample": {
-            "texts": len(sampled.rows),
-            "rows": int(sampled.rows.sum()),
-            "exact": exact,
-        },
-        "tokens": {
-            "p50": sampled.quantile(0.5) if len(sampled.rows) else 0,
-            "p90": sampled.quantile(0.9) if len(sampled.rows) else 0,
-            "p99": sampled.quantile(0.99) if len(sampled.rows) else 0,
-            "max": int(sampled.lengths.max()) if len(sampled.rows) else 0,
-            "max_seq_length": max_len,
+        "sample": {"texts": len(sampled.rows), "rows": int(sampled.rows.sum()), "exact": exact},
+        "tokens": _lengths(sampled)
+        | {
+            "max_seq_length": settings["max_seq_length"],
             "over_max_share": over.as_dict(),
             "long_texts": settings["long_texts"],
         },
-        "repeats": {"text_share": repeats.as_dict(), "id_share": ids.as_dict()},
-        "cache": {"share": cache.as_dict()} if settings["cache"] else None,
-        "estimate": {
-            "rows_written": round(rows_out),
-            "model_tokens": tokens.as_dict(0),
-            "tokens_per_s": None if throughput is None else round(throughput.tokens_per_s, 1),
-            "tokens_per_s_source": None if throughput is None else throughput.source,
-            "actors": actors,
-            "wall_s": None if wall is None else round(wall, 1),
-            "bytes_per_row": round(bytes_per_row, 1),
-            "output_bytes": round(rows_out * bytes_per_row),
+        "repeats": {
+            "text_share": ratio(sampled.rows - 1, sampled.rows, exact).as_dict(),
+            "id_share": ids.as_dict(),
         },
+        "cache": {"share": cache.as_dict()} if settings["cache"] else None,
+        "estimate": _estimate(tokens, rows_out, throughput, actors, bytes_per_row),
         "errors": found.errors,
+    }
+
+
+def model_tokens(sampled: Sampled, use_cache: bool, exact: bool, live: float) -> Estimate:
+    """What the model runs over the `live` rows: under use_cache each distinct text (or chunk)
+    once, less what the cache holds; else every row's."""
+    if use_cache:
+        held = sampled.cached_chunks / np.maximum(sampled.chunks, 1)  # of a text's tokens
+        per_row = ratio(sampled.model_tokens * (1 - held), sampled.rows, exact)
+    else:
+        per_row = sampled.share(sampled.model_tokens.astype(float), exact)
+    return Estimate(per_row.value * live, per_row.margin * live)
+
+
+def _lengths(sampled: Sampled) -> dict[str, int]:
+    if not len(sampled.rows):
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
+    return {
+        "p50": sampled.quantile(0.5),
+        "p90": sampled.quantile(0.9),
+        "p99": sampled.quantile(0.99),
+        "max": int(sampled.lengths.max()),
+    }
+
+
+def _estimate(
+    tokens: Estimate,
+    rows_out: float,
+    throughput: Throughput | None,
+    actors: int,
+    bytes_per_row: float,
+) -> dict[str, Any]:
+    wall = None
+    if throughput is not None and throughput.tokens_per_s > 0:
+        wall = round(tokens.value / (throughput.tokens_per_s * max(actors, 1)), 1)
+    return {
+        "rows_written": round(rows_out),
+        "model_tokens": tokens.as_dict(0),
+        "tokens_per_s": None if throughput is None else round(throughput.tokens_per_s, 1),
+        "tokens_per_s_source": None if throughput is None else throughput.source,
+        "actors": actors,
+        "wall_s": wall,
+        "bytes_per_row": round(bytes_per_row, 1),
+        "output_bytes": round(rows_out * bytes_per_row),
     }
 
 
