@@ -39,7 +39,8 @@ from workers.text_hash import HASH_BYTES, HASH_DTYPE
 log = logging.getLogger(__name__)
 
 SIZE_ROWS = 2000  # rows written to measure the output's bytes per row
-CALIBRATION_S = 5.0  # about how long the model is timed for
+CALIBRATION_S = 3.0  # about how long the model is timed for, after a warm-up call
+CALL_BATCHES = 8  # batches of max_batch_tokens in each timed call, at least
 
 
 @dataclass(frozen=True)
@@ -131,31 +132,37 @@ def _throughput(job: Job, found: InputPass, request: PlanRequest) -> Throughput 
 
 def calibrate(job: Job, texts: list[str]) -> Throughput:
     """One actor's tokens per second on the configured device and threads, timing the model
-    on a uniform sample of the input's texts (after one warm-up batch)."""
+    on a uniform sample of the input's texts. Calls double in size (the sample cycled) until
+    one fills CALL_BATCHES of the token budget or the time is spent, and the last call's rate
+    counts: a run's calls fill many batches, and timed on a few short calls a small model
+    looks several times slower than it runs (per-call costs), while a large one on a CPU
+    would take minutes to fill them."""
     from workers import Embedder
 
     workers = job.config.workers
     device = "cpu" if workers.device == "auto" and not local_gpus() else workers.device
     device = "cuda" if device == "auto" else device
+    budget = job.config.embedding.max_batch_tokens
     embedder = Embedder.load(
-        job.model_dir,
-        device=device,
-        threads=workers.cpus_per_actor,
-        max_batch_tokens=job.config.embedding.max_batch_tokens,
+        job.model_dir, device=device, threads=workers.cpus_per_actor, max_batch_tokens=budget,
         canary=False,
-    )
+    )  # fmt: skip
     options = job.config.embedding.options()
-    embedder.embed(texts[:8], options)
-    tokens, started, done = 0, time.perf_counter(), 0
-    while done < len(texts) and time.perf_counter() - started < CALIBRATION_S:
-        batch = texts[done : done + 32]
-        tokens += int(embedder.embed(batch, options).n_tokens.sum())
-        done += len(batch)
-    seconds = time.perf_counter() - started
+    embedder.embed(texts[:8], options)  # warm-up
+    size, started = 16, time.perf_counter()
+    while True:
+        call = [texts[i % len(texts)] for i in range(size)]
+        clock = time.perf_counter()
+        tokens = int(embedder.embed(call, options).n_tokens.sum())
+        seconds = time.perf_counter() - clock
+        full = tokens >= CALL_BATCHES * budget
+        if full or time.perf_counter() - started >= CALIBRATION_S:
+            break
+        size *= 2
     return Throughput(
         tokens / seconds,
-        f"measured here: {device}, {workers.cpus_per_actor} thread(s), {done} sampled texts "
-        f"in {seconds:.1f} s",
+        f"measured here: {device}, {workers.cpus_per_actor} thread(s), a call of {size:,} "
+        f"sampled texts, {tokens:,} tokens in {seconds:.2f} s",
     )
 
 

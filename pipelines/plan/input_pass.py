@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from pipelines.inputs.planning import Task, needs_count, plan_tasks, read_task
 from pipelines.inputs.readers import InputError, InputFile, count_rows
-from workers.prepare import reject_reason
-from workers.text_hash import HASH_DTYPE, digest128, text_hashes
 
 MAX_KEY = np.uint64(2**64 - 1)
+SEED = 0x5EED  # polars' row hash: uniform 64-bit keys, stable within one process
 FEW = 256  # texts kept for calibrating the model's throughput
 ID_REPEATS = "id repeats an earlier row"
 
@@ -61,12 +61,6 @@ class BottomK:
     def exact(self) -> bool:
         """Whether every key offered is here (the threshold never had to drop)."""
         return bool(self.threshold == MAX_KEY)
-
-
-def keys_of(hashes: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each 16-byte digest as an unsigned integer: uniform, comparable."""
-    raw = np.ascontiguousarray(hashes, dtype=HASH_DTYPE).tobytes()
-    return np.frombuffer(raw, dtype=">u8")[::2].astype(np.uint64)
 
 
 @dataclass(frozen=True)
@@ -154,51 +148,74 @@ def _read_task(
         return
     counts = found.formats[fmt]
     found.formats[fmt] = dataclasses.replace(counts, rows=counts.rows + frame.height)
-    ids = frame[id_column].to_list()
-    texts = frame[text_column].to_list()
-    present = [str(i) for i in ids if i is not None]
-    id_keys = keys_of(np.array([digest128(i) for i in present], dtype=HASH_DTYPE))
-    repeated = _repeated_ids(found.ids, ids, id_keys)
+    ids = frame[id_column].cast(pl.String)
+    id_keys = ids.drop_nulls().hash(seed=SEED).to_numpy()
+    repeated = _repeated_ids(found.ids, ids.is_not_null().to_numpy(), id_keys)
     found.ids.offer(id_keys)
-    live = []
-    for row, (row_id, text) in enumerate(zip(ids, texts, strict=True)):
-        reason = "id is null" if row_id is None else reject_reason(text)
-        reason = ID_REPEATS if row in repeated else reason
-        if reason is None:
-            live.append(row)
-        else:
-            kind = "text is not a string" if reason.startswith("text is not a string") else reason
-            found.rejects[kind] = found.rejects.get(kind, 0) + 1
-    found.rows_live += len(live)
-    kept = [str(texts[row]) for row in live]
-    keys = keys_of(text_hashes(prompt, kept).hashes)
+    reasons = _reasons(frame[text_column], ids.is_null(), repeated)
+    for reason, count in reasons.drop_nulls().value_counts().iter_rows():
+        found.rejects[reason] = found.rejects.get(reason, 0) + count
+    live = frame[text_column].filter(reasons.is_null()).cast(pl.String)  # texts, or none left
+    found.rows_live += live.len()
+    keys = (prompt + live).hash(seed=SEED).to_numpy()
     new = set(found.texts.offer(keys))
     _forget(found.facts, found.texts)  # dropped below the sample's threshold
     few = set(found.few.offer(keys))
     _forget(found.few_texts, found.few)
+    wanted = np.flatnonzero(np.isin(keys, np.fromiter(new | few, np.uint64, len(new | few))))
     first: dict[int, str] = {}
-    for key, text in zip(keys.tolist(), kept, strict=True):
-        if (key in new or key in few) and key not in first:
-            first[key] = text
+    for key, text in zip(keys[wanted].tolist(), live.gather(wanted).to_list(), strict=True):
+        first.setdefault(key, text)
     found.few_texts.update({k: first[k] for k in few})
     measured = [k for k in first if k in new]
     for key, measured_facts in zip(measured, measure([first[k] for k in measured]), strict=True):
         found.facts[key] = measured_facts
 
 
-def _repeated_ids(sketch: BottomK, ids: list[object], keys: np.ndarray) -> set[int]:
-    """Rows whose id an earlier row has, when the sketch holds every id (k None): the run
-    rejects them, so their texts are not embedded. A sampled sketch knows only some ids, so
-    there repeats are estimated from its counts instead (estimate.py)."""
+def _reasons(texts: pl.Series, no_id: pl.Series, repeated: np.ndarray) -> pl.Series:
+    """Per row, why the run rejects it before the model sees it (workers/prepare.py's
+    reject_reason, and the ids), or null."""
+    frame = pl.DataFrame({"text": texts, "no_id": no_id, "repeated": repeated})
+    text: pl.Expr
+    if texts.dtype == pl.String:
+        stripped = pl.col("text").str.strip_chars().str.len_chars()
+        text = (
+            pl.when(pl.col("text").is_null())
+            .then(pl.lit("text is null"))
+            .when(pl.col("text") == "")
+            .then(pl.lit("text is empty"))
+            .when(stripped == 0)
+            .then(pl.lit("text is only whitespace"))
+        )
+    else:  # a column of numbers or structs: no value in it is a text
+        text = (
+            pl.when(pl.col("text").is_null())
+            .then(pl.lit("text is null"))
+            .otherwise(pl.lit("text is not a string"))
+        )
+    reason = (
+        pl.when(pl.col("no_id"))
+        .then(pl.lit("id is null"))
+        .when(pl.col("repeated"))
+        .then(pl.lit(ID_REPEATS))
+        .otherwise(text)
+    )
+    return frame.select(reason.alias("reason")).to_series()
+
+
+def _repeated_ids(sketch: BottomK, has_id: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Per row, whether an earlier row has its id, when the sketch holds every id (k None): the
+    run rejects those rows, so their texts are not embedded. A sampled sketch knows only some
+    ids, so there repeats are estimated from its counts instead (estimate.py)."""
+    repeated = np.zeros(len(has_id), bool)
     if sketch.k is not None:
-        return set()
-    rows = [row for row, i in enumerate(ids) if i is not None]
+        return repeated
     here: set[int] = set()  # this task's ids so far; earlier tasks' are the sketch's
-    repeated = set()
-    for row, key in zip(rows, keys.tolist(), strict=True):
-        if key in sketch.counts or key in here:
-            repeated.add(row)
+    seen = []
+    for key in keys.tolist():
+        seen.append(key in sketch.counts or key in here)
         here.add(key)
+    repeated[np.flatnonzero(has_id)] = seen
     return repeated
 
 
