@@ -8,9 +8,8 @@ CHAOS_KILLS ?= 30
 # fixtures: one Ray): half the suite waits on Ray start-ups, servers and subprocesses, so it took
 # 22-24 minutes instead of 32 here. Tests marked `alone` (a `ray start` cluster that other
 # drivers would join, a `ray stop` that ends every Ray) run after the others, by themselves.
-# Two are the default since the one-worker CI passed in 33 minutes (over its 30) at eddde43;
-# TEST_WORKERS=1 runs plain pytest.
-TEST_WORKERS ?= 2
+# One worker (plain pytest) stays the default until a parallel CI run has passed with that split.
+TEST_WORKERS ?= 1
 PARALLEL := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 OUT ?= build/gpu-check
 PY := $(VENV)/bin/python
