@@ -16,35 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, exported, run_config, write_result
-from scale import SHAPE, synthetic_corpus
-
-from export.stand_in import GTE_LARGE_MAX_SEQ_LENGTH, build_bert_stand_in
+from common import ROOT, run_config, write_result
+from scale import scale_conf, stand_in_model, synthetic_corpus
 
 
 def main() -> None:
     args = parse_args()
-    source = args.work / "bert-1x16"
-    if not (source / "modules.json").exists():
-        build_bert_stand_in(source, SHAPE, GTE_LARGE_MAX_SEQ_LENGTH)
-    model = exported(str(source), args.work / "bert-1x16-fp32")
+    model = stand_in_model(args.work)
     corpus = synthetic_corpus(args.work / "in-parquet", args.rows, "parquet")
     out = args.work / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    conf = out.with_suffix(".yaml")
-    conf.write_text(
-        f"model: {{source: {model}}}\n"
-        f"input: {{path: {corpus}}}\n"
-        f"output: {{path: {out}}}\n"
-        f"workers: {{device: cpu, cpus_per_actor: {os.cpu_count()}, num_actors: 1}}\n"
-    )
+    conf = scale_conf(model, corpus, out)
     sampled, sampled_s = plan(conf)
     exact, exact_s = plan(conf, "--sample", "0")
     assert not out.exists(), "plan wrote under output.path"

@@ -43,10 +43,7 @@ TASK_ROWS = 20_000  # input.rows_per_task's default
 
 def main() -> None:
     args = parse_args()
-    source = args.work / "bert-1x16"
-    if not (source / "modules.json").exists():
-        build_bert_stand_in(source, SHAPE, GTE_LARGE_MAX_SEQ_LENGTH)
-    model = exported(str(source), args.work / "bert-1x16-fp32")
+    model = stand_in_model(args.work)
     runs = []
     for fmt in args.formats.split(","):
         for rows in [int(float(s)) for s in args.sizes.split(",")]:
@@ -102,7 +99,16 @@ def word_of(rows: np.ndarray, k: int) -> pl.Series:
     return pl.Series((z ^ (z >> np.uint64(31))) % np.uint64(VOCABULARY))
 
 
-def measure(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
+def stand_in_model(work: Path) -> Path:
+    """The one-layer 16-dim BERT stand-in, built and exported once under `work`."""
+    source = work / "bert-1x16"
+    if not (source / "modules.json").exists():
+        build_bert_stand_in(source, SHAPE, GTE_LARGE_MAX_SEQ_LENGTH)
+    return exported(str(source), work / "bert-1x16-fp32")
+
+
+def scale_conf(model: Path, corpus: Path, out: Path) -> Path:
+    """A job config beside a fresh `out`: one actor on every core, use_cache on."""
     shutil.rmtree(out, ignore_errors=True)
     conf = out.with_suffix(".yaml")
     conf.write_text(
@@ -112,7 +118,11 @@ def measure(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
         f"workers: {{device: cpu, cpus_per_actor: {os.cpu_count()}, num_actors: 1}}\n"
         "run: {use_cache: true}\n"
     )
-    found = run_config(conf)
+    return conf
+
+
+def measure(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
+    found = run_config(scale_conf(model, corpus, out))
     report, millions = found["report"], rows / 1e6
     assert report["tasks_done"] == report["tasks_total"], report
     settled = ("rows_embedded", "rows_from_cache", "rows_deduplicated", "rows_rejected")
