@@ -77,9 +77,11 @@ class RunFigures:
             "seconds_per_stage": {k: round(v, 3) for k, v in self.seconds_per_stage.items()},
             "token_histogram": {"max": self.token_max, "counts": list(self.token_counts)},
             "timeline": {
-                "seconds": [round(s, 2) for s in self.timeline.seconds],
-                "rows_per_s": [round(r, 2) for r in self.timeline.rows_per_s],
-                "tokens_per_s": [round(t, 1) for t in self.timeline.tokens_per_s],
+                # six significant digits, not fixed decimals: a short run's bins are a fraction
+                # of a second wide, and rate times width must still give back the rows
+                "seconds": [_significant(s) for s in self.timeline.seconds],
+                "rows_per_s": [_significant(r) for r in self.timeline.rows_per_s],
+                "tokens_per_s": [_significant(t) for t in self.timeline.tokens_per_s],
             },
         }
 
@@ -139,6 +141,10 @@ def _timeline(timed: list[DoneMarker]) -> tuple[Timeline, float]:
 def _task_seconds(marker: DoneMarker) -> float:
     """A task's own time: reading, embedding (which holds the device time) and writing."""
     return sum(v for k, v in marker.seconds.items() if k != "device")
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.6g}")
 
 
 def _round(value: float | None) -> float | None:

@@ -49,6 +49,23 @@ def test_rates_count_only_this_runs_tasks_and_retries_count_every_attempt():
     assert sum(figures.token_counts) == 1400 and figures.token_quantile(0.5) == 48.0
 
 
+def test_a_short_runs_timeline_in_report_json_gives_back_its_rows():
+    # four tasks of ~0.23 s: bins a fraction of a second wide, where rounding the JSON to
+    # fixed decimals lost a percent of the rows (CI, stop 28)
+    seconds = {"read": 0.013, "embed": 0.2187}
+    done = {
+        f"t{i}": DoneMarker(
+            f"t{i}", "k", 1, 30, 30, 0, 1200, seconds, finished=1000.2317 + 0.2331 * i
+        )
+        for i in range(4)
+    }
+    timeline = run_figures(done, {}, since=1000.0).as_dict()["timeline"]
+    assert isinstance(timeline, dict)
+    width = timeline["seconds"][0]
+    assert sum(timeline["rows_per_s"]) * width == pytest.approx(120, rel=1e-4)
+    assert sum(timeline["tokens_per_s"]) * width == pytest.approx(4800, rel=1e-4)
+
+
 def test_without_matplotlib_the_report_is_skipped_with_how_to_get_it(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
     state = RunState(tmp_path)
