@@ -4,12 +4,12 @@ PYTHON ?= python3
 CONF ?= conf/default.yaml
 CHAOS_TASKS ?= 200
 CHAOS_KILLS ?= 30
-# TEST_WORKERS=2 runs the suite on two pytest-xdist workers, a file each at a time (its module
-# fixtures: one Ray): half the suite waits on Ray start-ups, servers and subprocesses, so it took
-# 22-24 minutes instead of 32 here. Tests marked `alone` (a `ray start` cluster that other
-# drivers would join, a `ray stop` that ends every Ray) run after the others, by themselves.
-# One worker (plain pytest) stays the default until a parallel CI run has passed with that split.
-TEST_WORKERS ?= 1
+# The suite runs on two pytest-xdist workers, a file each at a time (its module fixtures: one
+# Ray): half of it waits on Ray start-ups, servers and subprocesses, so it takes about 20
+# minutes instead of 26 here. Tests marked `alone` (a `ray start` cluster that other drivers
+# would join, a `ray stop` that ends every Ray) run after the others, by themselves.
+# TEST_WORKERS=1: plain pytest, one test at a time.
+TEST_WORKERS ?= 2
 PARALLEL := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 OUT ?= build/gpu-check
 PY := $(VENV)/bin/python
@@ -35,7 +35,7 @@ run: setup ## build the stdlib demo corpus, export the packaged model when missi
 	$(EP) run $(CONF)
 	@echo 'read it with: $(PY) -c "import polars as pl; print(pl.read_parquet(\"build/demo-embeddings/*.parquet\"))"'
 
-test: setup ## run the test suite (what CI runs); TEST_WORKERS=2: on two workers, `alone` tests after
+test: setup ## run the test suite (what CI runs); on TEST_WORKERS workers (2), `alone` tests after
 	$(PY) -m pytest -q $(PARALLEL) -m "not alone" --durations=40 $(PYTEST_ARGS)
 	$(PY) -m pytest -q -m alone $(PYTEST_ARGS) || test $$? -eq 5  # 5: PYTEST_ARGS left none
 

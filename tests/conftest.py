@@ -34,6 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "AWS_EC2_METADATA_DISABLED": "true",
     }.items():
         os.environ.setdefault(name, value)
+    # Every in-process ray.init() starts a Ray of its own. Without an address Ray joins the
+    # cluster the machine's last `ray start` left (its /tmp/ray address file), and a
+    # Cluster() of test_node_loss on another pytest-xdist worker is such a cluster: the
+    # two-worker run had test_ray_data's ray.init() join it. Tests that want a cluster pass
+    # its address; subprocesses that must find one drop this (test_ray_job).
+    os.environ["RAY_ADDRESS"] = "local"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
