@@ -21,6 +21,7 @@ from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.output.fingerprint import FINGERPRINT_KEY
 from pipelines.output.state import RunState
+from tests.chaos import descendants
 from workers import Embedder
 
 ROWS_PER_SHARD = 30
@@ -276,16 +277,13 @@ def wait_for(condition, timeout_s: float) -> None:
 
 
 def kill_an_actor_mid_task(timeout_s: float) -> bool:
-    """SIGKILLs the first process Ray has titled as running EmbedActor.call."""
+    """SIGKILLs the first process of this test's Ray (below this process: not another pytest
+    worker's) that Ray has titled as running EmbedActor.call."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for proc in Path("/proc").iterdir():
-            try:
-                title = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
+        for pid, title in descendants(os.getpid()):
             if title.startswith(b"ray::EmbedActor.call"):
-                os.kill(int(proc.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 return True
         time.sleep(0.02)
     return False
