@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from workers.batching import pad_batch, plan_batches
+from workers.batching import MIN_LENGTH_SHARE, pad_batch, plan_batches
 
 LENGTHS = np.array([5, 300, 17, 17, 2, 128, 64, 9, 256, 33, 1, 77])
 
@@ -59,6 +59,6 @@ def test_the_budget_counts_the_padded_width():
 def test_a_batch_holds_no_text_much_shorter_than_its_width():
     lengths = np.array([100, 95, 71, 69, 40, 30, 29, 3])
     batches = [lengths[b].tolist() for b in plan_batches(lengths, 10**6)]
-    assert batches == [[100, 95, 71], [69], [40, 30, 29], [3]]
+    assert batches == [[100, 95], [71, 69], [40], [30, 29], [3]]
     for batch in batches:
-        assert min(batch) >= 0.7 * max(batch)
+        assert min(batch) >= MIN_LENGTH_SHARE * max(batch)
