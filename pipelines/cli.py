@@ -548,16 +548,15 @@ def _config(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from pipelines.output.state import StateError
-    from pipelines.output.status import describe
+    from pipelines.output.status import status_of
     from pipelines.storage.settings import StorageSettings
 
     try:
-        print(describe(args.out, StorageSettings.resolve()))
+        text, figures = status_of(args.out, StorageSettings.resolve())
+        print(text)
         if args.plot:
             from pipelines.charts import run_report_png
-            from pipelines.output.status import figures_of
 
-            figures = figures_of(args.out, StorageSettings.resolve())
             args.plot.write_bytes(run_report_png(figures, f"embedpipe run: {args.out}"))
             print(f"wrote {args.plot}", file=sys.stderr)
     except (StateError, OSError) as err:

@@ -17,6 +17,12 @@ from pipelines.storage.settings import StorageSettings
 
 
 def describe(out: str, storage: StorageSettings | None = None) -> str:
+    return status_of(out, storage)[0]
+
+
+def status_of(out: str, storage: StorageSettings | None = None) -> tuple[str, RunFigures]:
+    """What `status` prints, and the figures `status --plot` draws, from one read of the
+    markers (a million of them in a bucket take minutes to list and read)."""
     state = RunState(out, storage)
     stored = state.tree.read_text(FINGERPRINT_FILE)
     if stored is None:
@@ -45,14 +51,7 @@ def describe(out: str, storage: StorageSettings | None = None) -> str:
             f"failed {task_id} ({marker.file}, rows {marker.rows[0]}-{marker.rows[1]}, "
             f"{_attempts(marker.attempts)}): {marker.message}"
         )
-    return "\n".join(lines)
-
-
-def figures_of(out: str, storage: StorageSettings | None = None) -> RunFigures:
-    """The run's figures as `status` shows them, for `status --plot`."""
-    state = RunState(out, storage)
-    done, failed = state.settled({entry["task"] for entry in state.plan()})
-    return run_figures(done, failed, state.started_at())
+    return "\n".join(lines), figures
 
 
 def _eta(figures: RunFigures, left: int) -> str | None:

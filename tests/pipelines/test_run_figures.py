@@ -81,3 +81,16 @@ def test_status_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypat
     (tmp_path / "_embedpipe.json").write_text('{"model": {"source": "m", "onnx_sha256": "ab"}}')
     assert main(["status", str(tmp_path), "--plot", str(tmp_path / "x.png")]) == 1
     assert "pip install 'embedpipe[plot]'" in capsys.readouterr().err
+
+
+def test_status_plot_reads_the_markers_once(tmp_path, monkeypatch):
+    # A million markers in a bucket take minutes to list and read: the text and the picture
+    # come from one pass.
+    (tmp_path / "_embedpipe.json").write_text('{"model": {"source": "m", "onnx_sha256": "ab"}}')
+    passes = []
+    settled = RunState.settled
+    monkeypatch.setattr(
+        RunState, "settled", lambda self, planned: passes.append(1) or settled(self, planned)
+    )
+    assert main(["status", str(tmp_path), "--plot", str(tmp_path / "x.png")]) == 0
+    assert len(passes) == 1 and (tmp_path / "x.png").stat().st_size > 0
