@@ -300,7 +300,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise ConfigError("embed needs a model directory (or --config)")
     model_dir = config.model.export_dir() if config else Path(args.args[0])
     texts = list(args.args if config else args.args[1:]) or _stdin_lines()
-    embedder = Embedder.load(model_dir, **_runtime(args, config))
+    embedder = Embedder.load(model_dir, parallel_batches=True, **_runtime(args, config))
     result = embedder.embed(texts, _options(args, config))
     rejected = [(i, e) for i, e in enumerate(result.errors) if e is not None]
     for i, reason in rejected:

@@ -42,7 +42,11 @@ class EmbedActor:
         node = ray.get_runtime_context().get_node_id()
         self.model_dir = model_dir_here(model, node, lambda: ray.get(model.files))
         self.embedder = Embedder.load(
-            self.model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
+            self.model_dir,
+            device=device,
+            threads=threads,
+            max_batch_tokens=max_batch_tokens,
+            parallel_batches=True,  # a batch job: throughput, not one request's latency
         )
 
     def ready(self) -> dict[str, Any]:

@@ -58,7 +58,11 @@ class EmbedBatches:
             truncation_direction=truncation_direction,
         )
         self.embedder = Embedder.load(
-            model_dir, device=device, threads=threads, max_batch_tokens=max_batch_tokens
+            model_dir,
+            device=device,
+            threads=threads,
+            max_batch_tokens=max_batch_tokens,
+            parallel_batches=True,
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -145,7 +145,7 @@ def calibrate(job: Job, texts: list[str]) -> Throughput:
     budget = job.config.embedding.max_batch_tokens
     embedder = Embedder.load(
         job.model_dir, device=device, threads=workers.cpus_per_actor, max_batch_tokens=budget,
-        canary=False,
+        canary=False, parallel_batches=True,  # as the run's actors
     )  # fmt: skip
     options = job.config.embedding.options()
     embedder.embed(texts[:8], options)  # warm-up

@@ -1,10 +1,14 @@
 """The embedder against sentence-transformers on the real all-MiniLM-L6-v2."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from export.parity import cosines, reference_embed
 from workers import Embedder, EmbedOptions
+from workers.embedder import cpu_lanes
 from workers.model_dir import MODEL_FILE
 from workers.session import DeviceError, OnnxSession
 
@@ -139,6 +143,28 @@ def test_warm_up_runs_every_length_bucket_within_the_budget_and_changes_nothing(
     assert [length for _, length in shapes] == [16, 32, 64, 128, 256]  # max_seq_length 256
     assert all(rows * length <= 2048 for rows, length in shapes)
     np.testing.assert_array_equal(warm.embed(parity_texts[:40]).vectors, before)
+
+
+def test_parallel_batches_give_the_same_vectors_to_the_last_bit(minilm_dir, embedder, parity_texts):
+    # What the run's CPU actors use: two single-threaded batches at once instead of one batch
+    # on two threads; a re-index compares its vectors with a plain embedder's byte for byte.
+    texts = parity_texts[:300]
+    lanes = Embedder.load(minilm_dir, threads=2, parallel_batches=True)
+    assert lanes.lanes == 2 and cpu_lanes("cpu", 1) == cpu_lanes("cpu", None) == 1
+    assert lanes.embed(texts).vectors.tobytes() == embedder.embed(texts).vectors.tobytes()
+    halves = [texts[::2], texts[1::2]]
+    with ThreadPoolExecutor(2) as pool:  # two tasks of an actor, sharing its lanes
+        together = list(pool.map(lambda h: lanes.embed(h).vectors, halves))
+    assert [t.tobytes() for t in together] == [embedder.embed(h).vectors.tobytes() for h in halves]
+
+
+def test_a_calls_device_time_never_exceeds_its_wall_time_with_lanes(minilm_dir, parity_texts):
+    # Two lanes busy for a second are one second of the device, not two: the run's idle share
+    # of the device is computed from these.
+    lanes = Embedder.load(minilm_dir, threads=2, parallel_batches=True, max_batch_tokens=512)
+    clock = time.perf_counter()
+    got = lanes.embed(parity_texts[:200])
+    assert 0 < got.device_s <= time.perf_counter() - clock
 
 
 def test_each_call_reports_its_time_on_the_device(embedder, parity_texts):
