@@ -11,6 +11,10 @@ counting the input, the digest pass, the meets) and in total, each per million r
 extrapolates to a billion rows with the slope of a straight-line fit.
 
     python bench/scale.py --out bench/results/scale.json      (make bench-scale)
+
+`--plan-only` measures planning alone, quickly: each run is stopped (SIGTERM, as a user would)
+once its first task is done, and its report's seconds_planning is kept (plan_s_per_m in
+`runs`, written to --out; nothing else is measured).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +55,17 @@ def main() -> None:
     for fmt in args.formats.split(","):
         for rows in [int(float(s)) for s in args.sizes.split(",")]:
             corpus = synthetic_corpus(args.work / f"in-{fmt}-{rows}", rows, fmt)
-            runs.append(measure(model, corpus, args.work / "out", rows, fmt))
+            out = args.work / "out"
+            if args.plan_only:
+                runs.append(plan_only(model, corpus, out, rows, fmt))
+            else:
+                runs.append(measure(model, corpus, out, rows, fmt))
             print(json.dumps(runs[-1]), file=sys.stderr)
             shutil.rmtree(corpus)
     measured = {"sizes": args.sizes, "formats": args.formats}  # what this run was asked for
+    fitted = {} if args.plan_only else fit(runs)
     write_result(
-        args.out, {"model": SHAPE, "task_rows": TASK_ROWS, **measured, "runs": runs, **fit(runs)}
+        args.out, {"model": SHAPE, "task_rows": TASK_ROWS, **measured, "runs": runs, **fitted}
     )
 
 
@@ -63,6 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-scale")
     parser.add_argument("--sizes", default="1e6,1e7,3e7")
     parser.add_argument("--formats", default="parquet,jsonl")
+    parser.add_argument("--plan-only", action="store_true", help="planning seconds alone")
     return parser.parse_args()
 
 
@@ -141,6 +154,21 @@ def measure(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
         "tasks": report["tasks_total"],
         "repeats_identical": identical,
     }
+
+
+def plan_only(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
+    """The run's planning seconds: it is stopped once its first task is done."""
+    conf = scale_conf(model, corpus, out)
+    drive = [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf)]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    with subprocess.Popen(drive, env=env, stdout=subprocess.DEVNULL) as run:
+        while run.poll() is None and not any((out / "_state" / "done").glob("*")):
+            time.sleep(0.5)
+        run.send_signal(signal.SIGTERM)
+    report = json.loads((out / "_state" / "report.json").read_text())
+    shutil.rmtree(out)
+    planning = report["seconds_planning"]
+    return {"format": fmt, "rows": rows, "plan_s_per_m": round(planning / (rows / 1e6), 3)}
 
 
 def repeats_as_the_rule_says(corpus: Path, out: Path) -> bool:
