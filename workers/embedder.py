@@ -263,10 +263,11 @@ class Embedder:
 
 def cpu_lanes(device: str, threads: int | None) -> int:
     """Batches run at once by an embedder with parallel_batches: `threads` on the CPU, else one.
-    Two single-threaded runs at once took 0.85-0.98x the time of one run on two threads (MiniLM
-    fp32 and int8, 2,000 stdlib texts, three rounds each, this project's 2-core machine):
-    onnxruntime splits each operator across its threads and waits for the slowest, a lane never
-    waits. A lane's vectors are the same to the last bit (tests/workers/test_embedder.py)."""
+    onnxruntime splits each operator across its threads and waits for the slowest; a lane never
+    waits. On this project's 2 cores two lanes took 0.85-0.98x the time of one session on two
+    threads for bare session runs (MiniLM fp32 and int8, 2,000 stdlib texts, a benchmark running
+    beside), but 0.97x through the embedder with two task-sized calls at once, as an actor runs
+    them (int8, the stdlib corpus, alone). A lane's vectors are the same to the last bit."""
     if threads is None or threads < 2 or resolve_device(device) != "cpu":
         return 1
     return threads
