@@ -16,10 +16,6 @@ from pipelines.output.state import RunState, StateError
 from pipelines.storage.settings import StorageSettings
 
 
-def describe(out: str, storage: StorageSettings | None = None) -> str:
-    return status_of(out, storage)[0]
-
-
 def status_of(out: str, storage: StorageSettings | None = None) -> tuple[str, RunFigures]:
     """What `status` prints, and the figures `status --plot` draws, from one read of the
     markers (a million of them in a bucket take minutes to list and read)."""
