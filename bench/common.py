@@ -141,15 +141,25 @@ def drive(
     return run_config(conf, *overrides)
 
 
+def own_ray() -> dict[str, str]:
+    """The environment for a benchmark's run: a Ray of its own, never one found on the machine."""
+    return {**os.environ, "RAY_ADDRESS": "local"}
+
+
+def drive_command(conf: Path, *overrides: str) -> list[str]:
+    """`embedpipe run` of a config in a fresh process that prints its report (bench/drive.py)."""
+    return [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf), *overrides]
+
+
 def run_config(conf: Path, *overrides: str) -> dict:
     """`embedpipe run` of a config in a fresh process (bench/drive.py) with a Ray of its own,
     never one found on the machine: its report and the driver's peak RSS."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf), *overrides],
+        drive_command(conf, *overrides),
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "RAY_ADDRESS": "local"},
+        env=own_ray(),
     )
     found: dict = json.loads(done.stdout.strip().splitlines()[-1])
     return found

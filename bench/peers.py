@@ -39,6 +39,7 @@ from common import (
     ROOT,
     exported,
     load_texts,
+    own_ray,
     run_config,
     write_result,
     write_shards,
@@ -150,8 +151,7 @@ def child(args: argparse.Namespace, variant: str, corpus: Path, out: Path, model
         str(model),
         *(["--gpu"] if args.gpu else []),
     ]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=own_ray())
     if done.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
     found: dict = json.loads(done.stdout.strip().splitlines()[-1])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from common import ROOT, exported, run_config, write_result
+from common import ROOT, drive_command, exported, own_ray, run_config, write_result
 
 from export.stand_in import GTE_LARGE_MAX_SEQ_LENGTH, BertShape, build_bert_stand_in
 
@@ -158,10 +158,8 @@ def measure(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
 
 def plan_only(model: Path, corpus: Path, out: Path, rows: int, fmt: str) -> dict:
     """The run's planning seconds: it is stopped once its first task is done."""
-    conf = scale_conf(model, corpus, out)
-    drive = [sys.executable, str(ROOT / "bench" / "drive.py"), str(conf)]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    with subprocess.Popen(drive, env=env, stdout=subprocess.DEVNULL) as run:
+    drive = drive_command(scale_conf(model, corpus, out))
+    with subprocess.Popen(drive, env=own_ray(), stdout=subprocess.DEVNULL) as run:
         while run.poll() is None and not any((out / "_state" / "done").glob("*")):
             time.sleep(0.5)
         run.send_signal(signal.SIGTERM)
