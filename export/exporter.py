@@ -56,6 +56,11 @@ class Plan:
     optimize: bool = True
     attention: str = "attention"
 
+    @property
+    def for_cpu(self) -> bool:
+        """A graph the CPU can run: fp32 or int8 (fp16 is the CUDA format), unpacked."""
+        return self.dtype != "fp16" and self.attention not in CUDA_ONLY_LAYOUTS
+
     def check(self) -> None:
         if self.dtype not in DTYPES:
             raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -171,7 +176,7 @@ def _build(source: Source, graph: Path, work: Path, plan: Plan, ref: Reference) 
     fused: dict[str, int] = {}
     if plan.optimize:
         log.info("fusing attention (%s layout), layer norm and GELU", plan.attention)
-        fused = fuse(graph, work / "fused.onnx", transformer.config, plan.attention)
+        fused = fuse(graph, work / "fused.onnx", transformer.config, plan.attention, plan.for_cpu)
         graph = work / "fused.onnx"
     _convert(graph, work / "converted.onnx", plan.dtype)
     if plan.attention in CUDA_ONLY_LAYOUTS:

@@ -15,9 +15,13 @@ or the unfused math kernel on a given GPU; `make gpu-check` measures each:
 Packing is applied last, to the fp16 graph, as onnxruntime's own tool expects.
 
 Fusion (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) is done once here,
-offline, with onnxruntime's own optimizer, so every worker loads the fast graph. int8 quantizes
-only the MatMul and Attention weights, per output channel: quantizing the embedding tables too
-(the default) cost 0.04 in mean cosine to fp32 on the stdlib corpus for no measurable speed.
+offline, with onnxruntime's own optimizer, so every worker loads the fast graph. The graphs the
+CPU runs (fp32 and int8 in the attention and mha layouts) have SkipLayerNormalization split
+back into Add and LayerNormalization, faster on onnxruntime's CPU provider (layer_norm.py).
+
+int8 quantizes only the MatMul and Attention weights, per output channel: quantizing the
+embedding tables too (the default) cost 0.04 in mean cosine to fp32 on the stdlib corpus for no
+measurable speed.
 
 fp16 converts the graph with onnxruntime's own converter, which is plain graph surgery (no GPU
 needed to build it) and follows its advice: graph inputs and output stay as they are (int64 in,
@@ -36,6 +40,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from export.layer_norm import split_skip_layer_norm
 from export.source import ExportError
 from workers.model_dir import ATTENTION_LAYOUTS
 
@@ -53,8 +58,12 @@ def default_layout(dtype: str, optimize: bool = True) -> str:
     return FP16_DEFAULT if dtype == "fp16" and optimize else "attention"
 
 
-def fuse(src: Path, dst: Path, config: Any, attention: str = "attention") -> dict[str, int]:
-    """Writes the fused graph to dst; returns the count of each fused operator found."""
+def fuse(
+    src: Path, dst: Path, config: Any, attention: str = "attention", for_cpu: bool = False
+) -> dict[str, int]:
+    """Writes the fused graph to dst; returns the count of each fused operator found. for_cpu:
+    a graph the CPU runs (fp32, int8) gets its SkipLayerNormalization split again
+    (export/layer_norm.py says why)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -75,6 +84,8 @@ def fuse(src: Path, dst: Path, config: Any, attention: str = "attention") -> dic
         opt_level=0,  # python fusions only: the session applies its own at load time
         optimization_options=options,
     )
+    if for_cpu:
+        split_skip_layer_norm(model.model.graph)
     model.save_model_to_file(str(dst))
     stats = model.get_fused_operator_statistics()
     return {op: int(n) for op, n in sorted(stats.items()) if n}

@@ -32,6 +32,9 @@ NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 # key-length mask (the `mha` layout).
 SDPA_WITH_CUDNN = 1 | 2 | 4 | 8 | 16 | 32 | 64
 CUDNN_LAYOUTS = ("mha",)
+# The export splits SkipLayerNormalization into Add and LayerNormalization for the CPU, whose
+# fused kernel is the slower (export/layer_norm.py); onnxruntime must not fuse them back there.
+CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 
 
 def resolve_device(device: str) -> str:
@@ -122,7 +125,10 @@ class OnnxSession:
         self.device = device
         self._device_id = device_id
         self._session = ort.InferenceSession(
-            str(path), options, providers=providers_for(device, device_id, exact_fp32, attention)
+            str(path),
+            options,
+            providers=providers_for(device, device_id, exact_fp32, attention),
+            disabled_optimizers=CPU_DISABLED_FUSIONS if device == "cpu" else None,
         )
         got = self._session.get_providers()
         if device == "cuda" and got[0] != "CUDAExecutionProvider":

@@ -58,6 +58,12 @@ def test_padding_free_layouts_say_their_parity_waits_for_a_gpu(layout, tiny_dirs
     assert parity["measured"] is False and "no CPU kernels" in parity["reason"]
 
 
+def test_fp16_graphs_keep_skip_layer_norm_fused_for_the_gpu(tiny_dirs):
+    """Only the graphs the CPU runs split it (export/layer_norm.py); fp16 is the CUDA format."""
+    assert graph_ops(tiny_dirs["fp16-attention"])["SkipLayerNormalization"] == 4  # 2 layers
+    assert graph_ops(tiny_dirs["fp32-attention"])["SkipLayerNormalization"] == 0
+
+
 def test_the_cli_writes_the_layout_asked_for(tiny_src, tmp_path):
     out = export(tiny_src, tmp_path / "mha", "--attention", "mha")
     assert read_card(out).attention == "mha" and graph_ops(out)["MultiHeadAttention"] == 2
