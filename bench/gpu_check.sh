@@ -45,6 +45,6 @@ step bench 420 "$py" bench/gpu.py --out "$out/gpu.json" --work /tmp/embedpipe-gp
 step tests 120 "$py" -m pytest -q -p no:cacheprovider -m gpu \
   tests/workers/test_gpu.py tests/pipelines/test_gpu_run.py
 # last, so a window that runs short loses only this: make bench-peers's fp16 variants
-[[ -n $corpus ]] && step peers 150 "$py" bench/peers.py --gpu --out "$out/peers.json" \
+[[ -n $corpus ]] && step peers 150 "$py" bench/peers.py --gpu --rounds 1 --out "$out/peers.json" \
   --work /tmp/embedpipe-peers --corpus "$corpus"
 echo "gpu-check done $(date -u +%FT%TZ)" | tee -a "$out/steps.log"
