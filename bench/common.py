@@ -75,16 +75,16 @@ def pass_order(n: int) -> Iterator[int]:
 def exported(source: str, out: Path, dtype: str = "fp32") -> Path:
     """The export of source at dtype in out, reusing one an earlier run made with the same
     export code (a change to export/ rebuilds it: a benchmark never times an older graph)."""
-    stamp = out / EXPORT_STAMP
+    stamp, code = out / EXPORT_STAMP, export_code_digest()
     try:
         card = read_card(out)
-        same_code = stamp.is_file() and stamp.read_text() == export_code_digest()
+        same_code = stamp.is_file() and stamp.read_text() == code
         if card.source == source and card.dtype == dtype and same_code:
             return out
     except ModelDirError:
         pass
     export_model(source, out, dtype=dtype, force=True)
-    stamp.write_text(export_code_digest())
+    stamp.write_text(code)
     return out
 
 

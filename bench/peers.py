@@ -90,9 +90,10 @@ def main() -> None:
 def fastest(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     """Each variant's fastest round, with every round's wall_s beside it (`wall_s_rounds`).
 
-    On this shared machine one variant's time moved by up to 45% between runs an hour apart
-    (Ray Data + sentence-transformers: 156, 183 and 226 s), slower only ever from what else ran;
-    the fastest of rounds run one after the other is the figure least bent by it."""
+    On this shared machine one variant's time moved by up to 53% between runs minutes apart
+    (Ray Data + sentence-transformers: 148, 156, 194 and 226 s within 40 minutes), slower only
+    ever from what else ran; the fastest of rounds run one after the other is the figure least
+    bent by it."""
     best = {}
     for variant in rounds[0]:
         runs = [found[variant] for found in rounds]

@@ -15,8 +15,6 @@ as disabled there (workers/session.py), so a later onnxruntime that learns to ca
 
 from __future__ import annotations
 
-from typing import Any
-
 import onnx
 from onnx import helper
 
@@ -71,5 +69,4 @@ def _split(node: onnx.NodeProto, name: str) -> list[onnx.NodeProto]:
 
 
 def _epsilon(node: onnx.NodeProto) -> float:
-    found: Any = next((a for a in node.attribute if a.name == "epsilon"), None)
-    return float(found.f) if found is not None else SKIP_LN_DEFAULT_EPSILON
+    return next((a.f for a in node.attribute if a.name == "epsilon"), SKIP_LN_DEFAULT_EPSILON)
