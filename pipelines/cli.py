@@ -359,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 2
     try:
-        report = run_job(config)
+        report = run_job(config, release_ray=True)
     except (StateError, InputError, ModelDirError, ConfigError) as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 2

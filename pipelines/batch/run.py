@@ -20,7 +20,12 @@ from typing import Any
 import ray
 
 from pipelines.batch.calibration import sample_ranges, sample_request, stored_ranges
-from pipelines.batch.cluster import connect, plan_actors, start_actors
+from pipelines.batch.cluster import (
+    connect,
+    plan_actors,
+    shut_down_in_background,
+    start_actors,
+)
 from pipelines.batch.counting import count_inputs
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config
@@ -46,22 +51,33 @@ from pipelines.reindex.shares import SHARES
 log = logging.getLogger(__name__)
 
 
-def run_job(config: Config, stop: StopRequest | None = None) -> dict[str, Any]:
-    """Runs the job; raises Interrupted when stopped before the output was touched."""
+def run_job(
+    config: Config, stop: StopRequest | None = None, *, release_ray: bool = False
+) -> dict[str, Any]:
+    """Runs the job; raises Interrupted when stopped before the output was touched.
+
+    release_ray: stop the Ray this call starts once the tasks are done, while the report is
+    written (the command line's run, whose process ends next); a Ray that was already up when
+    it was called is left as it is.
+    """
     started = time.monotonic()
     stop = stop or StopRequest(config.run.stop_grace_s)
     stop.install()
+    release = release_ray and not ray.is_initialized()
     try:
         job = prepare(config)
         stop.immediate = False
-        return _run_held(job, stop, started, time.monotonic() - started)
+        return _run_held(job, stop, started, time.monotonic() - started, release)
     finally:
         stop.restore()
 
 
-def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> dict[str, Any]:
+def _run_held(
+    job: Job, stop: StopRequest, started: float, listing_s: float, release: bool
+) -> dict[str, Any]:
     state = RunState(job.config.output.path, job.storage)
     state.acquire()
+    stopping = None
     try:
         state.mark_started(time.time() - (time.monotonic() - started))
         job = adopt_ranges(job, state)
@@ -76,6 +92,8 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         todo = pending(job, state)
         index, sources = open_cache(job) if todo else ((), [])
         usage = run_tasks(job, state, todo, stop, index) if todo else {}
+        if release and ray.is_initialized():  # no task is left for the actors
+            stopping = shut_down_in_background()
         usage["seconds_planning"] = listing_s + usage.get("seconds_prepass", 0.0)
         report, figures = build_report(job, state, time.monotonic() - started, usage)
         report["cache"] = {
@@ -93,6 +111,8 @@ def _run_held(job: Job, stop: StopRequest, started: float, listing_s: float) -> 
         return report
     finally:
         state.release()
+        if stopping is not None:
+            stopping.join()
 
 
 def draw_report(state: RunState, figures: RunFigures) -> str | None:

@@ -1,4 +1,5 @@
-"""`embedpipe embed` and `embedpipe verify` as a user calls them."""
+"""`embedpipe embed`, `embedpipe verify` and the Ray that `embedpipe run` starts, as a user
+calls them."""
 
 import io
 import json
@@ -95,3 +96,32 @@ def test_verify_fails_under_the_threshold(capsys, minilm_int8_dir, minilm_path, 
     ]
     code, out, _ = run(capsys, argv)
     assert code == 1 and "FAILED" in out
+
+
+def test_run_stops_the_ray_it_started_and_leaves_a_running_one_up(capsys, minilm_dir, tmp_path):
+    # The command line's run stops its own Ray while it writes the report (its process ends
+    # next); a program that calls it with Ray up keeps its Ray.
+    import polars as pl
+    import ray
+
+    corpus = tmp_path / "in.parquet"
+    pl.DataFrame(
+        {"id": ["a", "b", "c"], "text": ["one", "two words", "three more words"]}
+    ).write_parquet(corpus)
+    for name in ("own", "theirs"):
+        conf = tmp_path / f"{name}.yaml"
+        conf.write_text(
+            f"model: {{source: {minilm_dir}}}\ninput: {{path: {corpus}}}\n"
+            f"output: {{path: {tmp_path / name}}}\nworkers: {{device: cpu, num_actors: 1}}\n"
+        )
+        if name == "theirs":
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        assert not ray.is_initialized() or name == "theirs"
+        try:
+            assert run(capsys, ["run", str(conf)])[0] == 0
+            assert ray.is_initialized() == (name == "theirs")
+        finally:
+            ray.shutdown()
+        report = json.loads((tmp_path / name / "_state" / "report.json").read_text())
+        assert report["rows_embedded"] == 3 and (tmp_path / name / "_SUCCESS").exists()
+        assert (tmp_path / name / "_state" / "report.png").stat().st_size > 0
