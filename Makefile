@@ -10,7 +10,7 @@ CHAOS_KILLS ?= 30
 # would join, a `ray stop` that ends every Ray) run after the others, by themselves.
 # TEST_WORKERS=1: plain pytest, one test at a time.
 TEST_WORKERS ?= 2
-PARALLEL := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+PARALLEL := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 OUT ?= build/gpu-check
 PY := $(VENV)/bin/python
 EP := $(VENV)/bin/embedpipe

@@ -42,7 +42,28 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["RAY_ADDRESS"] = "local"
 
 
+# The files that take minutes, longest first (a run's --durations): the Makefile's two xdist
+# workers take whole files in collection order (--no-loadscope-reorder), so these start early
+# and the workers end together. xdist's own order, most tests first, left them to the end: one
+# worker ran test_serve and test_chaos alone for minutes after the other had finished.
+LONGEST_FIRST = (
+    "pipelines/test_serve.py",
+    "pipelines/test_chaos.py",
+    "pipelines/test_run.py",
+    "workers/test_embedder.py",
+    "pipelines/test_node_loss.py",
+    "pipelines/test_storage_faults.py",
+    "pipelines/test_object_store_faults.py",
+    "pipelines/test_object_store.py",
+    "pipelines/test_run_signals.py",
+    "export/test_export.py",
+    "pipelines/test_cache.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), 99))
     if has_gpu():
         return
     skip = pytest.mark.skip(reason="no CUDA device on this machine; gpu tests run where one is")
