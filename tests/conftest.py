@@ -62,14 +62,19 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), 99))
+    items.sort(key=file_rank)  # stable: a file's tests stay together and in order
     if has_gpu():
         return
     skip = pytest.mark.skip(reason="no CUDA device on this machine; gpu tests run where one is")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def file_rank(item: pytest.Item) -> int:
+    """Where the item's file stands in LONGEST_FIRST; after all of them when it is not there."""
+    name = item.nodeid.split("::")[0].removeprefix("tests/")
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 def has_gpu() -> bool:

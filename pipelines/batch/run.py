@@ -20,12 +20,7 @@ from typing import Any
 import ray
 
 from pipelines.batch.calibration import sample_ranges, sample_request, stored_ranges
-from pipelines.batch.cluster import (
-    connect,
-    plan_actors,
-    shut_down_in_background,
-    start_actors,
-)
+from pipelines.batch.cluster import connect, plan_actors, shut_down_in_background, start_actors
 from pipelines.batch.counting import count_inputs
 from pipelines.batch.driver import Driver, TaskPlans
 from pipelines.batch.preflight import Job, prepare, resolved_config

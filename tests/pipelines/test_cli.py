@@ -108,20 +108,24 @@ def test_run_stops_the_ray_it_started_and_leaves_a_running_one_up(capsys, minilm
     pl.DataFrame(
         {"id": ["a", "b", "c"], "text": ["one", "two words", "three more words"]}
     ).write_parquet(corpus)
-    for name in ("own", "theirs"):
+
+    def run_into(name: str) -> None:
         conf = tmp_path / f"{name}.yaml"
         conf.write_text(
             f"model: {{source: {minilm_dir}}}\ninput: {{path: {corpus}}}\n"
             f"output: {{path: {tmp_path / name}}}\nworkers: {{device: cpu, num_actors: 1}}\n"
         )
-        if name == "theirs":
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        assert not ray.is_initialized() or name == "theirs"
-        try:
-            assert run(capsys, ["run", str(conf)])[0] == 0
-            assert ray.is_initialized() == (name == "theirs")
-        finally:
-            ray.shutdown()
+        assert run(capsys, ["run", str(conf)])[0] == 0
         report = json.loads((tmp_path / name / "_state" / "report.json").read_text())
         assert report["rows_embedded"] == 3 and (tmp_path / name / "_SUCCESS").exists()
         assert (tmp_path / name / "_state" / "report.png").stat().st_size > 0
+
+    assert not ray.is_initialized()
+    try:
+        run_into("own")
+        assert not ray.is_initialized()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        run_into("theirs")
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
