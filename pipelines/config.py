@@ -144,6 +144,10 @@ class WorkersConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_actors: int | Literal["auto"] = Field(default="auto")
     cpus_per_actor: int = Field(default=2, ge=1)
+    # What runs the model on the CPU: onnxruntime, or OpenVINO for an fp32 export (the extra
+    # embedpipe[openvino]): openvino gives the same vectors to fp32 rounding, openvino-bf16
+    # computes in bfloat16 (AMX / AVX512-BF16 CPUs) for speed (workers/openvino_session.py).
+    runtime: Literal["onnxruntime", "openvino", "openvino-bf16"] = "onnxruntime"
 
     @field_validator("num_actors")
     @classmethod
@@ -151,6 +155,15 @@ class WorkersConfig(_Section):
         if isinstance(value, int) and value < 1:
             raise ValueError("must be 'auto' or at least 1")
         return value
+
+    @model_validator(mode="after")
+    def _openvino_on_cpu(self) -> WorkersConfig:
+        if self.runtime != "onnxruntime" and self.device == "cuda":
+            raise ValueError(
+                f"workers.runtime {self.runtime} runs on the CPU only; set workers.device: cpu, "
+                "or workers.runtime: onnxruntime for the GPU"
+            )
+        return self
 
 
 class RunConfig(_Section):
@@ -237,6 +250,11 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
+    def _runtime_fits(self) -> Config:
+        check_runtime(self.model, self.workers)
+        return self
+
+    @model_validator(mode="after")
     def _partitions_are_kept_columns(self) -> Config:
         if missing := [c for c in self.output.partition_by if c not in self.input.keep_columns]:
             raise ValueError(
@@ -259,6 +277,21 @@ class ServeJob(_Section):
     input: InputConfig | None = None
     output: OutputConfig | None = None
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> ServeJob:
+        check_runtime(self.model, self.workers)
+        return self
+
+
+def check_runtime(model: ModelConfig, workers: WorkersConfig) -> None:
+    """OpenVINO's runtimes run fp32 exports (openvino-bf16 computes one in bfloat16)."""
+    if workers.runtime != "onnxruntime" and model.dtype != "fp32":
+        raise ValueError(
+            f"workers.runtime {workers.runtime} runs fp32 exports, and model.dtype is "
+            f"{model.dtype}; set model.dtype: fp32 (openvino-bf16 for bfloat16 speed), or "
+            "workers.runtime: onnxruntime"
+        )
 
 
 def served_model_id(model: ModelConfig, serve: ServeConfig) -> str:

@@ -32,7 +32,12 @@ CONCURRENT_TASKS = 2
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EmbedActor:
     def __init__(
-        self, model: ModelShipment, device: str, threads: int, max_batch_tokens: int
+        self,
+        model: ModelShipment,
+        device: str,
+        threads: int,
+        max_batch_tokens: int,
+        runtime: str = "onnxruntime",
     ) -> None:
         # The tokenizer's thread pool follows cpus_per_actor (it would take every core of the
         # node otherwise, fighting the other actors); read once, at its first parallel call.
@@ -47,6 +52,7 @@ class EmbedActor:
             threads=threads,
             max_batch_tokens=max_batch_tokens,
             parallel_batches=True,  # a batch job: throughput, not one request's latency
+            runtime=runtime,
         )
 
     def ready(self) -> dict[str, Any]:
@@ -55,6 +61,7 @@ class EmbedActor:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "device": self.embedder.session.device,
+            "runtime": self.embedder.session.runtime,
             "model_dir": self.model_dir,
         }
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 # fp32 must match its reference to rounding; fp16 keeps about 3 significant digits; int8 trades
 # accuracy for speed (the export's own parity floors).
-MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.95}
+# bf16 (workers.runtime openvino-bf16 on an fp32 export) keeps about as many digits as fp16.
+MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.95}
 
 
 class CanaryError(DeviceError):
@@ -39,13 +40,15 @@ def check_canary(embedder: Embedder, where: str) -> float | None:
     want = np.asarray(expected, dtype=np.float32)
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     lowest = float(np.min(np.sum(got * want, axis=1)))  # NaN too fails the test below
-    floor = MIN_COSINE[card.dtype]
+    dtype = embedder.compute_dtype
+    floor = MIN_COSINE[dtype]
+    computed = "" if dtype == card.dtype else f" computed in {dtype}"
     if not lowest >= floor:
         raise CanaryError(
             f"{where}: the canary failed on {embedder.session.describe()} with the {card.dtype} "
-            f"export: min cosine {lowest:.6f} to the reference vectors in its card, under "
-            f"{floor}. This device gives wrong vectors (an fp16 overflow, a faulty driver or "
-            "the wrong provider); nothing was embedded. Try workers.device=cpu or an fp32 export "
-            "to narrow it down"
+            f"export{computed}: min cosine {lowest:.6f} to the reference vectors in its card, "
+            f"under {floor}. This device gives wrong vectors (an fp16 overflow, a "
+            "faulty driver or the wrong provider); nothing was embedded. Try workers.device=cpu "
+            "or an fp32 export to narrow it down"
         )
     return lowest

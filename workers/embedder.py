@@ -30,12 +30,13 @@ import numpy as np
 from workers.batching import MIN_ROWS, pad_batch, plan_batches
 from workers.canary import check_canary
 from workers.embeddings import Embeddings
-from workers.errors import DeviceOutOfMemory
+from workers.errors import DeviceError, DeviceOutOfMemory
 from workers.finish import l2_normalize
 from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, ModelCard, check_files, read_card
+from workers.openvino_session import COMPUTE_DTYPE, OpenVinoSession
 from workers.options import EmbedOptions
 from workers.prepare import Prepared, TextPreparer
-from workers.session import OnnxSession, resolve_device
+from workers.session import OnnxSession, Session, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Embedder:
         self,
         card: ModelCard,
         preparer: TextPreparer,
-        session: OnnxSession,
+        session: Session,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         batch_invariant: bool = True,
         lanes: int = 1,
@@ -88,6 +89,11 @@ class Embedder:
         self._tally = threading.Lock()  # lanes add to one call's Ran at once
 
     @property
+    def compute_dtype(self) -> str:
+        """What the vectors are computed in: the card's dtype, or bf16 under openvino-bf16."""
+        return COMPUTE_DTYPE.get(self.session.runtime, self.card.dtype)
+
+    @property
     def lanes(self) -> int:
         """Batches this embedder runs at once (parallel_batches on the CPU), else 1."""
         return self._lanes
@@ -105,25 +111,32 @@ class Embedder:
         batch_invariant: bool = True,
         canary: bool = True,
         parallel_batches: bool = False,
+        runtime: str = "onnxruntime",
     ) -> Embedder:
         """canary: embed the card's probe texts on this device and refuse to load when they
         differ from the reference (workers/canary.py); off only where parity is measured next.
         parallel_batches: on the CPU, run `threads` batches at once on a single-threaded session
         instead of one batch at a time on `threads` threads; for throughput (a batch job), not
-        for the latency of one small request."""
+        for the latency of one small request. runtime: onnxruntime, or on the CPU with an fp32
+        export openvino / openvino-bf16 (workers/openvino_session.py)."""
         root = Path(model_dir)
         card = read_card(root)
         check_files(root, card, verify_checksum)
         preparer = TextPreparer.from_file(root / TOKENIZER_FILE, card)
         lanes = cpu_lanes(device, threads) if parallel_batches else 1
-        session = OnnxSession(
-            root / MODEL_FILE,
-            device=device,
-            threads=1 if lanes > 1 else threads,
-            exact_fp32=card.dtype == "fp32",
-            spin=spin,
-            attention=card.attention,
-        )
+        session: Session
+        if runtime == "onnxruntime":
+            session = OnnxSession(
+                root / MODEL_FILE,
+                device=device,
+                threads=1 if lanes > 1 else threads,
+                exact_fp32=card.dtype == "fp32",
+                spin=spin,
+                attention=card.attention,
+            )
+        else:
+            check_openvino_fits(root, card, device, runtime)
+            session = OpenVinoSession(root / MODEL_FILE, runtime, threads, lanes)
         embedder = cls(card, preparer, session, max_batch_tokens, batch_invariant, lanes)
         if session.device == "cuda":
             embedder.warm_up()
@@ -259,6 +272,21 @@ class Embedder:
                 lowered,
             )
             self.max_batch_tokens = lowered
+
+
+def check_openvino_fits(root: Path, card: ModelCard, device: str, runtime: str) -> None:
+    """OpenVINO runs fp32 exports on the CPU; anything else is refused before loading."""
+    if resolve_device(device) != "cpu":
+        raise DeviceError(
+            f"workers.runtime {runtime} runs on the CPU only; use workers.device: cpu, or "
+            "workers.runtime: onnxruntime on a GPU"
+        )
+    if card.dtype != "fp32":
+        raise DeviceError(
+            f"{root} is a {card.dtype} export; workers.runtime {runtime} runs fp32 exports "
+            "(openvino-bf16 computes an fp32 export in bfloat16): export with --dtype fp32, or "
+            "use workers.runtime: onnxruntime"
+        )
 
 
 def cpu_lanes(device: str, threads: int | None) -> int:

@@ -49,6 +49,7 @@ class EmbedBatches:
         device: str = "cpu",
         threads: int | None = None,
         max_batch_tokens: int = 16384,
+        runtime: str = "onnxruntime",
     ) -> None:
         self.text_column = text_column
         self.options = EmbedOptions(
@@ -63,6 +64,7 @@ class EmbedBatches:
             threads=threads,
             max_batch_tokens=max_batch_tokens,
             parallel_batches=True,
+            runtime=runtime,
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:

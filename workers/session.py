@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +19,7 @@ from workers.model_dir import CUDA_ONLY_LAYOUTS, GRAPH_INPUTS, GRAPH_OUTPUT
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEVICES", "DeviceError", "OnnxSession", "providers_for", "resolve_device"]
+__all__ = ["DEVICES", "DeviceError", "OnnxSession", "Session", "providers_for", "resolve_device"]
 
 DEVICES = ("cpu", "cuda")
 # Where the NVIDIA driver lists the GPUs it sees; onnxruntime-gpu reports its CUDA provider as
@@ -91,7 +91,22 @@ def preload_cuda() -> None:
         preload()
 
 
+class Session(Protocol):
+    """What the embedder runs batches on: OnnxSession, or workers/openvino_session.py's."""
+
+    device: str
+    runtime: str
+
+    def providers(self) -> list[str]: ...
+
+    def describe(self) -> str: ...
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
 class OnnxSession:
+    runtime = "onnxruntime"
+
     def __init__(
         self,
         path: str | Path,

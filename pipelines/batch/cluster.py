@@ -60,7 +60,9 @@ def plan_actors(config: Config, n_tasks: int) -> ActorPlan:
     workers = config.workers
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    device = workers.device if workers.device != "auto" else ("cuda" if gpus else "cpu")
+    # auto: the GPUs where there are any, unless the runtime is OpenVINO's, which runs on CPUs
+    on_gpu = gpus and workers.runtime == "onnxruntime"
+    device = workers.device if workers.device != "auto" else ("cuda" if on_gpu else "cpu")
     if device == "cuda":
         count = max(gpus if workers.num_actors == "auto" else int(workers.num_actors), 1)
         # A GPU actor's CPUs tokenize for it (its tokenizer threads follow them), as many as
@@ -99,7 +101,13 @@ def start_actors(
     actors = [
         EmbedActor.options(  # type: ignore[attr-defined]  # ray.remote wraps the class
             num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_concurrency=CONCURRENT_TASKS
-        ).remote(model, plan.device, plan.num_cpus, config.embedding.max_batch_tokens)
+        ).remote(
+            model,
+            plan.device,
+            plan.num_cpus,
+            config.embedding.max_batch_tokens,
+            config.workers.runtime,
+        )
         for _ in range(plan.count)
     ]
     wait_ready(actors, run.wait_timeout_s, lacking, stop or StopRequest())
@@ -143,10 +151,11 @@ def wait_ready(actors: list[Any], timeout_s: float, lacking: str | None, stop: S
             except RayActorError as err:
                 raise ClusterError(f"an actor could not load the model: {err}") from err
             log.info(
-                "actor ready: pid %s on %s (%s), model in %s",
+                "actor ready: pid %s on %s (%s, %s), model in %s",
                 info["pid"],
                 info["node"],
                 info["device"],
+                info["runtime"],
                 info["model_dir"],
             )
         if pending and time.monotonic() > deadline:

@@ -21,6 +21,7 @@ from pipelines.output.file_sizing import FileSizing
 from pipelines.output.layout import QUANTIZED, Layout
 from workers.chunking import Chunking
 from workers.model_dir import ModelCard
+from workers.openvino_session import COMPUTE_DTYPE
 
 FINGERPRINT_FILE = "_embedpipe.json"
 FINGERPRINT_KEY = b"embedpipe.fingerprint"  # in each part file's schema metadata
@@ -43,7 +44,12 @@ def build_fingerprint(
     chunking = config.embedding.chunked(card.max_seq_length)
     chunks = {} if chunking is None else {"chunking": dataclasses.asdict(chunking)}
     return {
-        "model": {"source": card.source, "onnx_sha256": card.onnx_sha256, "dim": card.dim},
+        "model": {
+            "source": card.source,
+            "onnx_sha256": card.onnx_sha256,
+            "dim": card.dim,
+            **_compute(config),
+        },
         "options": config.embedding.model_dump(exclude={"max_batch_tokens", "chunking"}),
         "columns": {
             "id": inp.id_column,
@@ -63,6 +69,14 @@ def build_fingerprint(
         **cutting,
         **chunks,
     }
+
+
+def _compute(config: Config) -> dict[str, str]:
+    """workers.runtime openvino-bf16 computes the vectors in bfloat16: other vectors than an
+    fp32 run's, so a resume or cache_from never mixes the two. onnxruntime and openvino give an
+    fp32 export's vectors to fp32 rounding and leave the fingerprint as it was."""
+    found = COMPUTE_DTYPE.get(config.workers.runtime)
+    return {"compute": found} if found else {}
 
 
 def _chunk_columns(chunking: Chunking | None) -> str:

@@ -142,10 +142,11 @@ def calibrate(job: Job, texts: list[str]) -> Throughput:
     workers = job.config.workers
     device = "cpu" if workers.device == "auto" and not local_gpus() else workers.device
     device = "cuda" if device == "auto" else device
+    device = "cpu" if workers.runtime != "onnxruntime" else device  # OpenVINO: CPUs only
     budget = job.config.embedding.max_batch_tokens
     embedder = Embedder.load(
         job.model_dir, device=device, threads=workers.cpus_per_actor, max_batch_tokens=budget,
-        canary=False, parallel_batches=True,  # as the run's actors
+        canary=False, parallel_batches=True, runtime=workers.runtime,  # as the run's actors
     )  # fmt: skip
     options = job.config.embedding.options()
     embedder.embed(texts[:8], options)  # warm-up

@@ -174,7 +174,12 @@ def application(config: Config | ServeJob, model_dir: Path) -> Any:
         str(model_dir),
         settings.model_dump(mode="json"),
         dataclasses.asdict(config.embedding.options()),
-        {"device": device, "threads": workers.cpus_per_actor, "spin": False},
+        {
+            "device": device,
+            "threads": workers.cpus_per_actor,
+            "spin": False,
+            "runtime": workers.runtime,
+        },
         model_id,
     )
 
@@ -187,8 +192,9 @@ def replica_device(config: Config | ServeJob) -> str:
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     device = config.workers.device
-    if device == "auto":
-        return "cuda" if gpus >= config.serve.replicas else "cpu"
+    if device == "auto":  # OpenVINO's runtimes run on CPUs only
+        on_gpu = gpus >= config.serve.replicas and config.workers.runtime == "onnxruntime"
+        return "cuda" if on_gpu else "cpu"
     if device == "cuda" and gpus < config.serve.replicas:
         raise DeviceError(
             f"workers.device is cuda but the Ray cluster has {gpus} GPU(s) for "

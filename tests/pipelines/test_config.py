@@ -206,3 +206,16 @@ def test_serve_reads_a_config_without_the_batch_jobs_sections(tmp_path):
 def test_the_served_model_id_never_is_a_server_path(source, model_id, expected):
     serve = ServeConfig(model_id=model_id)
     assert served_model_id(ModelConfig(source=source), serve) == expected
+
+
+def test_an_openvino_runtime_needs_an_fp32_model_on_the_cpu(tmp_path):
+    runtime = ["workers.runtime=openvino-bf16"]
+    config = load_config(write(tmp_path, MINIMAL), [*runtime, "workers.device=cpu"])
+    assert config.workers.runtime == "openvino-bf16"
+    with pytest.raises(ConfigError, match="runtime openvino-bf16 runs fp32 exports, and model"):
+        load_config(write(tmp_path, MINIMAL), [*runtime, "model.dtype=int8"])
+    with pytest.raises(ConfigError, match=r"runs on the CPU only; set workers\.device: cpu"):
+        load_config(write(tmp_path, MINIMAL), [*runtime, "workers.device=cuda"])
+    serve = {"model": {"source": "x", "dtype": "fp16"}, "workers": {"runtime": "openvino"}}
+    with pytest.raises(ValueError, match="runtime openvino runs fp32 exports"):  # pydantic's
+        ServeJob.model_validate(serve)

@@ -337,3 +337,25 @@ def test_a_json_lines_shard_cut_by_bytes_keeps_every_row_and_its_number(tmp_path
     ]
     plan = json.loads((tmp_path / "out" / "_state" / "plan.json").read_text())["tasks"]
     assert all("bytes" in entry for entry in plan)  # planned without counting a line
+
+
+def test_a_bf16_run_is_fingerprinted_apart_from_fp32_and_openvino_fp32_is_not(
+    job_conf, minilm_dir, capsys
+):
+    path, over = job_conf("bf16", **{"workers.runtime": "openvino-bf16"})
+    out = Path(run_job(load_config(path, over))["output"])
+    fingerprint = json.loads((out / "_embedpipe.json").read_text())
+    assert fingerprint["model"]["compute"] == "bf16"
+    parts = pl.read_parquet(out / "part-*.parquet").sort("id").head(40)
+    inputs = read_inputs(out.parent / "in").unique("id", keep="first").sort("id")
+    texts = dict(zip(inputs["id"], inputs["text"], strict=True))
+    fp32 = Embedder.load(minilm_dir).embed([texts[i] for i in parts["id"]]).vectors
+    got = np.stack(parts["embedding"].to_numpy())
+    assert np.min(np.sum(got * fp32, axis=1)) >= 0.999  # unit vectors: cosines
+    # resuming it with fp32 vectors is refused; openvino's fp32 leaves the fingerprint as it is
+    assert main(["run", str(path), *over, "workers.runtime=onnxruntime"]) == 2
+    assert 'model.compute: "bf16" here, null now' in capsys.readouterr().err
+    plain, _ = job_conf("plain")
+    with_ov, ov_over = job_conf("plain", **{"workers.runtime": "openvino"})
+    assert main(["run", str(plain)]) == 0
+    assert main(["run", str(with_ov), *ov_over]) == 0  # the same output, nothing to redo
