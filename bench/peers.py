@@ -8,7 +8,10 @@ this machine's CPUs; each variant in a fresh process with a Ray of its own on th
   with every core (torch takes its threads from them), `write_parquet`;
 - `raydata_embedpipe`: the same pipeline with workers/ray_data.py's EmbedBatches (fp32 export);
 - `embedpipe_fp32`, `embedpipe_int8`: `embedpipe run` (one actor with every core, defaults
-  otherwise: use_cache on, so a text that repeats is embedded once).
+  otherwise: use_cache on, so a text that repeats is embedded once);
+- `embedpipe_fp32_openvino`, `embedpipe_bf16`: `embedpipe run` on the fp32 export with
+  workers.runtime openvino (the same vectors to fp32 rounding) and openvino-bf16 (computed in
+  bfloat16: AMX / AVX512-BF16), keys `speedup_vs_raydata_st_openvino` and `_bf16`.
 
 Reported per variant: `wall_s` (the process, start to exit: imports, Ray, model load, the work)
 and `wall_s_no_startup` (from the moment the model was loaded in its actor to the end; for
@@ -48,7 +51,22 @@ from common import (
 )
 
 SHARDS = 8
-VARIANTS = ("raydata_st", "raydata_embedpipe", "embedpipe_fp32", "embedpipe_int8")
+VARIANTS = (
+    "raydata_st",
+    "raydata_embedpipe",
+    "embedpipe_fp32",
+    "embedpipe_int8",
+    "embedpipe_fp32_openvino",
+    "embedpipe_bf16",
+)
+# `embedpipe run` variants: (the export, workers.runtime)
+EMBEDPIPE_RUNS = {
+    "embedpipe_fp32": ("fp32", "onnxruntime"),
+    "embedpipe_int8": ("int8", "onnxruntime"),
+    "embedpipe_fp16": ("fp16", "onnxruntime"),
+    "embedpipe_fp32_openvino": ("fp32", "openvino"),
+    "embedpipe_bf16": ("fp32", "openvino-bf16"),
+}
 GPU_VARIANTS = ("raydata_st", "raydata_embedpipe", "embedpipe_fp16")
 
 
@@ -107,7 +125,13 @@ def fastest(rounds: list[dict[str, dict]]) -> dict[str, dict]:
 def speedups(found: dict) -> dict:
     peer = found["raydata_st"]
     out = {}
-    pairs = (("", "embedpipe_fp32"), ("_int8", "embedpipe_int8"), ("_fp16", "embedpipe_fp16"))
+    pairs = (
+        ("", "embedpipe_fp32"),
+        ("_int8", "embedpipe_int8"),
+        ("_fp16", "embedpipe_fp16"),
+        ("_openvino", "embedpipe_fp32_openvino"),
+        ("_bf16", "embedpipe_bf16"),
+    )
     for key, variant in pairs:
         if variant not in found:
             continue
@@ -123,9 +147,9 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     out = args.work / f"out-{variant}"
     shutil.rmtree(out, ignore_errors=True)
     clock = time.monotonic()
-    if variant.startswith("embedpipe"):
-        dtype = variant.rsplit("_", 1)[1]
-        found = embedpipe_run(models[dtype], dtype, corpus, out, args.gpu)
+    if variant in EMBEDPIPE_RUNS:
+        dtype, runtime = EMBEDPIPE_RUNS[variant]
+        found = embedpipe_run(models[dtype], dtype, runtime, corpus, out, args.gpu)
     else:
         found = child(args, variant, corpus, out, models["fp16" if args.gpu else "fp32"])
     found["wall_s"] = round(time.monotonic() - clock, 2)
@@ -133,12 +157,15 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     return found
 
 
-def embedpipe_run(model: Path, dtype: str, corpus: Path, out: Path, gpu: bool) -> dict:
+def embedpipe_run(
+    model: Path, dtype: str, runtime: str, corpus: Path, out: Path, gpu: bool
+) -> dict:
     conf = out.with_suffix(".yaml")
+    cpus = os.cpu_count()
     device = (
         "workers: {device: cuda, num_actors: 1}"
         if gpu
-        else (f"workers: {{device: cpu, cpus_per_actor: {os.cpu_count()}, num_actors: 1}}")
+        else f"workers: {{device: cpu, cpus_per_actor: {cpus}, num_actors: 1, runtime: {runtime}}}"
     )
     conf.write_text(
         f"model: {{source: {model}, dtype: {dtype}}}\n"
@@ -150,6 +177,7 @@ def embedpipe_run(model: Path, dtype: str, corpus: Path, out: Path, gpu: bool) -
     report = run_config(conf)["report"]
     assert report["tasks_done"] == report["tasks_total"], report
     return {
+        "runtime": runtime,
         "wall_s_no_startup": round(report["seconds"] - report["seconds_startup"], 2),
         "seconds_startup": report["seconds_startup"],
         "seconds_planning": report["seconds_planning"],
