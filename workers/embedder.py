@@ -5,14 +5,15 @@ the tokens embedded, whether it was truncated, and for a text that could not be 
 reason (its vector row is NaN, so it cannot be used by mistake). Batches are cut by a padded-
 token budget over length-sorted texts and shaped so that, on the CPU provider, a text's vector
 does not depend on the budget, its batch mates or the order of the input, to the last bit (on
-CUDA, to float rounding: the GPU's kernels are chosen by batch shape). `embed` may be called
-from several threads: only the session run is serialized, so one call's tokenizing overlaps
-another's inference. On the CPU, `parallel_batches` runs as many batches at once as it has
-threads, each single-threaded: the same vectors, to the last bit, in less time. A long call is
-itself a pipeline: its texts are tokenized in chunks (small first, then growing), the next chunk
-on a helper thread while the current one's batches run, so the device starts on a 20,000-text
-task after 256 texts are tokenized, not all of them. Vectors do not change: batches are sorted
-and cut within a chunk, and a text's vector does not depend on its batch mates.
+CUDA and with workers.runtime openvino, to float rounding: their kernels are chosen by batch
+shape). `embed` may be called from several threads: only the session run is serialized, so one
+call's tokenizing overlaps another's inference. On the CPU, `parallel_batches` runs as many
+batches at once as it has threads, each single-threaded: the same vectors, to the last bit, in
+less time. A long call is itself a pipeline: its texts are tokenized in chunks (small first,
+then growing), the next chunk on a helper thread while the current one's batches run, so the
+device starts on a 20,000-text task after 256 texts are tokenized, not all of them. Vectors do
+not change: batches are sorted and cut within a chunk, and a text's vector does not depend on
+its batch mates.
 """
 
 from __future__ import annotations

@@ -10,12 +10,12 @@
 
 Each actor loads the exported model once; each batch comes back with four columns added:
 `embedding` (fixed_size_list<float32>[dim], the vectors `embedpipe run` writes for the same text
-and options: the embedder is batch-invariant), `n_tokens` (int32), `truncated` (bool) and
-`reject_reason` (string, null where embedded). A text that cannot be embedded (null, empty, too
-long under truncate=False) keeps its row, with a null embedding and the reason: rows are never
-dropped. The column is a plain Arrow fixed-size list, which Ray Data's write_parquet writes as it
-is, so polars, DuckDB and pyarrow read it as embedpipe's own output (not Ray's tensor extension
-type, which appears only for numpy batches).
+and options: the embedder is batch-invariant; with runtime="openvino", to fp32 rounding),
+`n_tokens` (int32), `truncated` (bool) and `reject_reason` (string, null where embedded). A
+text that cannot be embedded (null, empty, too long under truncate=False) keeps its row, with a
+null embedding and the reason: rows are never dropped. The column is a plain Arrow fixed-size
+list, which Ray Data's write_parquet writes as it is, so polars, DuckDB and pyarrow read it as
+embedpipe's own output (not Ray's tensor extension type, which appears only for numpy batches).
 
 Ray Data is imported by nothing here: this module needs only pyarrow and the embedder, so the
 class also works on a pyarrow Table outside Ray.
