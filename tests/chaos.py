@@ -191,6 +191,10 @@ def run_with_kills(
                 next_kill = time.monotonic() + rng.uniform(0.3, 1.0)
                 continue
             kind, pid = victim
+            if kind == "driver" and proc.poll() is not None:
+                # it exited while the victim was chosen: until reaped it is a zombie, which
+                # takes a SIGKILL without effect, and the kill would count for nothing
+                break
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
