@@ -184,7 +184,10 @@ def run_with_kills(
         next_kill = time.monotonic() + rng.uniform(0.5, 3.0)
         while proc.poll() is None:
             time.sleep(0.05)
-            if len(report.kills) >= want or time.monotonic() < next_kill:
+            if len(report.kills) >= want:
+                continue
+            # kills still owed near the end: at once, so the run cannot finish first
+            if time.monotonic() < next_kill and done_share(out, report.tasks) <= 0.8:
                 continue
             victim = choose_victim(proc.pid, out, report, want, rng)
             if victim is None:
