@@ -156,6 +156,13 @@ class WorkersConfig(_Section):
             raise ValueError("must be 'auto' or at least 1")
         return value
 
+    def device_for(self, gpus: int) -> str:
+        """cpu or cuda: workers.device, where auto is cuda when there are GPUs for the actors
+        and the runtime can use them (OpenVINO's run on CPUs only)."""
+        if self.device != "auto":
+            return self.device
+        return "cuda" if gpus > 0 and self.runtime == "onnxruntime" else "cpu"
+
     @model_validator(mode="after")
     def _openvino_on_cpu(self) -> WorkersConfig:
         if self.runtime != "onnxruntime" and self.device == "cuda":

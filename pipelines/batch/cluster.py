@@ -12,12 +12,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from pipelines.batch.actor_plan import ActorPlan, actor_plan
 from pipelines.config import Config
 from pipelines.interrupt import StopRequest
 from workers.actor import CONCURRENT_TASKS, EmbedActor
@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 
 class ClusterError(RuntimeError):
     """Actors cannot be placed or loaded; the message names the missing resource."""
-
-
-@dataclass(frozen=True)
-class ActorPlan:
-    device: str  # cpu | cuda
-    count: int
-    num_cpus: int
-    num_gpus: int
 
 
 def connect() -> None:
@@ -57,23 +49,9 @@ def shut_down_in_background() -> threading.Thread:
 
 
 def plan_actors(config: Config, n_tasks: int) -> ActorPlan:
-    workers = config.workers
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    # auto: the GPUs where there are any, unless the runtime is OpenVINO's, which runs on CPUs
-    on_gpu = gpus and workers.runtime == "onnxruntime"
-    device = workers.device if workers.device != "auto" else ("cuda" if on_gpu else "cpu")
-    if device == "cuda":
-        count = max(gpus if workers.num_actors == "auto" else int(workers.num_actors), 1)
-        # A GPU actor's CPUs tokenize for it (its tokenizer threads follow them), as many as
-        # asked while the cluster has that many per GPU actor.
-        per = max(min(workers.cpus_per_actor, cpus // count), 1)
-        plan = ActorPlan("cuda", count, per, 1)
-    else:
-        per = min(workers.cpus_per_actor, max(cpus, 1))
-        count = max(cpus // per, 1) if workers.num_actors == "auto" else int(workers.num_actors)
-        plan = ActorPlan("cpu", count, per, 0)
-    return ActorPlan(plan.device, min(plan.count, max(n_tasks, 1)), plan.num_cpus, plan.num_gpus)
+    return actor_plan(config.workers, gpus, cpus, n_tasks)
 
 
 def missing_resources(plan: ActorPlan) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.batch.actor_plan import actor_plan
 from pipelines.batch.calibration import with_ranges
 from pipelines.batch.preflight import Job, prepare
 from pipelines.config import Config
@@ -77,7 +78,7 @@ def plan_job(config: Config, request: PlanRequest) -> Plan:
     sampled = Sampled.of(found, cached_hashes(job, found))
     throughput = _throughput(job, found, request)
     tasks = sum(c.tasks for c in found.formats.values())
-    actors = min(request.actors or default_actors(config), max(tasks, 1))
+    actors = min(request.actors or default_actors(config, tasks), max(tasks, 1))
     settings = {
         "max_seq_length": card.max_seq_length,
         "long_texts": "chunk" if chunking else ("truncate" if options.truncate else "reject"),
@@ -140,9 +141,7 @@ def calibrate(job: Job, texts: list[str]) -> Throughput:
     from workers import Embedder
 
     workers = job.config.workers
-    device = "cpu" if workers.device == "auto" and not local_gpus() else workers.device
-    device = "cuda" if device == "auto" else device
-    device = "cpu" if workers.runtime != "onnxruntime" else device  # OpenVINO: CPUs only
+    device = workers.device_for(local_gpus())
     budget = job.config.embedding.max_batch_tokens
     embedder = Embedder.load(
         job.model_dir, device=device, threads=workers.cpus_per_actor, max_batch_tokens=budget,
@@ -167,16 +166,9 @@ def calibrate(job: Job, texts: list[str]) -> Throughput:
     )
 
 
-def default_actors(config: Config) -> int:
-    """workers.num_actors, or for auto what this machine would run: a GPU each, or its CPUs
-    split by workers.cpus_per_actor (a cluster: pass --actors)."""
-    workers = config.workers
-    if workers.num_actors != "auto":
-        return int(workers.num_actors)
-    gpus = local_gpus()
-    if workers.device == "cuda" or (workers.device == "auto" and gpus):
-        return max(gpus, 1)
-    return max((os.cpu_count() or 1) // workers.cpus_per_actor, 1)
+def default_actors(config: Config, n_tasks: int) -> int:
+    """The actors a run on this machine would start (a cluster: pass --actors)."""
+    return actor_plan(config.workers, local_gpus(), os.cpu_count() or 1, n_tasks).count
 
 
 def local_gpus() -> int:

@@ -260,7 +260,8 @@ class Endpoint:
     async def _info(self, request: Request) -> Answer:
         embedder = self.loader.embedder
         device = embedder.session.device if embedder is not None else "loading"
-        return Answer(200, info(self.card, self.settings, self.model_id, device))
+        runtime = embedder.session.runtime if embedder is not None else "loading"
+        return Answer(200, info(self.card, self.settings, self.model_id, device, runtime))
 
     async def _feature_extraction(self, request: Request) -> Answer:
         async with self._admitted():

@@ -186,22 +186,22 @@ def application(config: Config | ServeJob, model_dir: Path) -> Any:
 
 def replica_device(config: Config | ServeJob) -> str:
     """cpu or cuda for the replicas: workers.device, where auto is cuda when the cluster has a
-    GPU. cuda on a cluster with fewer GPUs than replicas fails at once, naming what is missing
-    (Serve would otherwise wait for a GPU that never comes, answering nothing)."""
+    GPU for each replica and the runtime is onnxruntime. cuda on a cluster with fewer GPUs than
+    replicas fails at once, naming what is missing (Serve would otherwise wait for a GPU that
+    never comes, answering nothing)."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    device = config.workers.device
-    if device == "auto":  # OpenVINO's runtimes run on CPUs only
-        on_gpu = gpus >= config.serve.replicas and config.workers.runtime == "onnxruntime"
-        return "cuda" if on_gpu else "cpu"
-    if device == "cuda" and gpus < config.serve.replicas:
+    replicas = config.serve.replicas
+    if config.workers.device == "auto":  # a GPU each, or none
+        return config.workers.device_for(gpus if gpus >= replicas else 0)
+    if config.workers.device == "cuda" and gpus < replicas:
         raise DeviceError(
             f"workers.device is cuda but the Ray cluster has {gpus} GPU(s) for "
-            f"serve.replicas={config.serve.replicas} (one GPU each); start Ray on a node with a "
+            f"serve.replicas={replicas} (one GPU each); start Ray on a node with a "
             "GPU, lower serve.replicas, or set workers.device=cpu"
         )
-    return device
+    return config.workers.device
 
 
 def start(config: Config | ServeJob, model_dir: Path) -> None:

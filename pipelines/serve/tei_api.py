@@ -33,7 +33,10 @@ class TokenizeQuery:
     special: bool
 
 
-def info(card: ModelCard, settings: ServeConfig, model_id: str, device: str) -> dict[str, Any]:
+def info(
+    card: ModelCard, settings: ServeConfig, model_id: str, device: str, runtime: str
+) -> dict[str, Any]:
+    """TEI's /info, and beside its keys what runs the model: device and workers.runtime."""
     return {
         "model_id": model_id,
         "model_sha": card.revision,  # TEI's: the source's revision (a hub commit, a version)
@@ -49,6 +52,7 @@ def info(card: ModelCard, settings: ServeConfig, model_id: str, device: str) -> 
         "prompts": sorted(card.prompts),
         "attention": card.attention,
         "device": device,
+        "runtime": runtime,
         "version": version(),
     }
 

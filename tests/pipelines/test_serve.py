@@ -162,6 +162,36 @@ def test_503_while_the_model_loads_unless_the_client_waits(server, minilm_dir, t
 
 
 @pytest.mark.slow
+def test_a_replica_on_openvino_answers_the_fp32_vectors(server, minilm_dir, reference, tmp_path):
+    """workers.runtime openvino reaches the replicas through the same application() as serve."""
+    from ray import serve
+
+    from pipelines.serve.server import application
+
+    conf = tmp_path / "openvino.yaml"
+    conf.write_text(
+        f"model: {{source: {minilm_dir}}}\n"
+        "workers: {device: auto, cpus_per_actor: 1, runtime: openvino}\n"
+        f"serve: {{api_tokens: [{TOKEN}]}}\n"
+    )
+    serve.run(
+        application(load_config(conf, schema=ServeJob), minilm_dir), name="ov", route_prefix="/ov"
+    )
+    texts = ["OpenVINO runs this replica.", "a second text, a little longer than the first"]
+    body = json.dumps({"inputs": texts}).encode()
+    code, _, answer = post(
+        f"{server}/ov/", body, **{"authorization": f"Bearer {TOKEN}", "x-wait-for-model": "true"}
+    )
+    _, _, described = fetch(f"{server}/ov/info", authorization=f"Bearer {TOKEN}")
+    serve.delete("ov")
+    assert json.loads(described)["runtime"] == "openvino"
+    assert json.loads(described)["device"] == "cpu"
+    assert code == 200
+    got = np.array(answer, dtype=np.float32)
+    assert np.abs(got - reference(texts)).max() <= 1e-5
+
+
+@pytest.mark.slow
 def test_200_clients_5000_requests_all_correct_and_batched(server, reference, parity_texts):
     import aiohttp
 

@@ -137,6 +137,7 @@ def test_info_describes_the_model_without_a_path(raw_endpoint, minilm_dir):
     assert (body["dim"], body["max_input_length"], body["model_dtype"]) == (384, 256, "float32")
     assert body["max_client_batch_size"] == 8 and body["max_batch_tokens"] > 0
     assert body["version"] and body["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert (body["device"], body["runtime"]) == ("cpu", "onnxruntime")
     assert str(minilm_dir) not in json.dumps(body)
     assert call(raw_endpoint, b"", "/info", "GET").status == 401
 
