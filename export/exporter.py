@@ -23,6 +23,7 @@ import numpy as np
 
 from export.graph import OPSET, export_graph
 from export.optimize import (
+    WEIGHT_BITS,
     check_layout,
     default_layout,
     fuse,
@@ -50,11 +51,18 @@ _LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxrun
 
 @dataclass(frozen=True)
 class Plan:
-    """What one export writes: its dtype, whether fused, and the attention layout."""
+    """What one export writes: its dtype, whether fused, the attention layout, and for int8 the
+    bits of its weights (None: 8)."""
 
     dtype: str = "fp32"
     optimize: bool = True
     attention: str = "attention"
+    weight_bits: int | None = None
+
+    @property
+    def int8_weight_bits(self) -> int | None:
+        """The card's weight_bits: 8 or 7 for int8, None for the float dtypes."""
+        return (self.weight_bits or 8) if self.dtype == "int8" else None
 
     @property
     def for_cpu(self) -> bool:
@@ -67,6 +75,10 @@ class Plan:
         check_layout(self.attention)
         if self.attention != "attention" and not self.optimize:
             raise ExportError(f"--attention {self.attention} is a fused layout; drop --no-optimize")
+        if self.weight_bits is not None and self.dtype != "int8":
+            raise ExportError(f"--weight-bits is for int8 exports, not {self.dtype}")
+        if self.weight_bits is not None and self.weight_bits not in WEIGHT_BITS:
+            raise ExportError(f"--weight-bits must be 8 or 7, got {self.weight_bits}")
         if self.attention != "attention" and self.dtype == "int8":
             raise ExportError(
                 f"--attention {self.attention} is for fp16 or fp32 exports; int8 quantizes the "
@@ -98,9 +110,11 @@ def export_model(
     trust_remote_code: bool = False,
     force: bool = False,
     attention: str | None = None,
+    weight_bits: int | None = None,
 ) -> ModelCard:
-    """attention: the layout (export/optimize.py); None: packed-mha for fp16, else attention."""
-    plan = Plan(dtype, optimize, attention or default_layout(dtype, optimize))
+    """attention: the layout (export/optimize.py); None: packed-mha for fp16, else attention.
+    weight_bits: int8's weights in 8 bits (None, the default) or 7 (CPUs without VNNI)."""
+    plan = Plan(dtype, optimize, attention or default_layout(dtype, optimize), weight_bits)
     plan.check()
     out = Path(out)
     _check_out(out, force)
@@ -178,7 +192,7 @@ def _build(source: Source, graph: Path, work: Path, plan: Plan, ref: Reference) 
         log.info("fusing attention (%s layout), layer norm and GELU", plan.attention)
         fused = fuse(graph, work / "fused.onnx", transformer.config, plan.attention, plan.for_cpu)
         graph = work / "fused.onnx"
-    _convert(graph, work / "converted.onnx", plan.dtype)
+    _convert(graph, work / "converted.onnx", plan)
     if plan.attention in CUDA_ONLY_LAYOUTS:
         log.info("removing padding: %s", plan.attention)
         packed = pack(work / "converted.onnx", work / MODEL_FILE)
@@ -203,16 +217,18 @@ def _build(source: Source, graph: Path, work: Path, plan: Plan, ref: Reference) 
         fused_operators=fused,
         versions=_versions(),
         attention=plan.attention,
+        weight_bits=plan.int8_weight_bits,
         canary=_canary(ref),
     )
     write_atomic(work / CARD_FILE, card.to_json())
     return _with_parity(card, source, work, ref)
 
 
-def _convert(graph: Path, dst: Path, dtype: str) -> None:
-    if dtype == "int8":
-        log.info("quantizing MatMul and Attention weights to int8")
-        quantize_int8(graph, dst)
+def _convert(graph: Path, dst: Path, plan: Plan) -> None:
+    dtype = plan.dtype
+    if plan.int8_weight_bits is not None:
+        log.info("quantizing MatMul and Attention weights to int8 (%d bits)", plan.int8_weight_bits)
+        quantize_int8(graph, dst, plan.int8_weight_bits)
     elif dtype == "fp16":
         log.info("converting the graph to fp16 (inputs, output and pooling stay as they are)")
         to_fp16(graph, dst)

@@ -119,7 +119,14 @@ def pack(src: Path, dst: Path) -> dict[str, int]:
     return counts
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+# int8 weights in 8 bits, or 7 (onnxruntime's reduce_range): without VNNI (AVX2 only),
+# onnxruntime's int8 kernel sums pairs of u8 x s8 products in 16 bits (vpmaddubsw), which can
+# saturate; 7-bit weights cannot (2 x 255 x 64 < 32768). onnxruntime's quantize_dynamic docs give
+# 7 bits for CPUs without VNNI, 8 for those with it.
+WEIGHT_BITS = (8, 7)
+
+
+def quantize_int8(src: Path, dst: Path, weight_bits: int = 8) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -128,6 +135,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
         str(dst),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=weight_bits == 7,
         op_types_to_quantize=["MatMul", "Attention"],
         # Shape inference cannot type the outputs of fused contrib ops; they are all float.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

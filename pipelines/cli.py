@@ -176,6 +176,13 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         help="attention layout: default packed-mha for fp16 (fastest on CUDA; packed* run on "
         "CUDA only), attention otherwise",
     )
+    p.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=[8, 7],
+        help="int8: weights in 8 bits (default) or 7, for CPUs without VNNI (AVX2 only), where "
+        "onnxruntime's int8 kernel can saturate with 8",
+    )
     p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime's fusion")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -219,14 +226,15 @@ def _export(args: argparse.Namespace) -> int:
     from export.source import ExportError
 
     src, out, dtype, attention = args.model, args.out, args.dtype, args.attention
+    bits = args.weight_bits
     if args.config:
         model = load_config(args.config).model
         if (Path(model.source) / CARD_FILE).is_file():
             print(f"{model.source} is an exported model directory already; nothing to export")
             return 0
         src, out, dtype = src or model.source, out or model.export_dir(), dtype or model.dtype
-        attention = attention or model.attention
-        if not args.force and _is_current(out, src, dtype, attention):
+        attention, bits = attention or model.attention, bits or model.weight_bits
+        if not args.force and _is_current(out, src, dtype, attention, bits):
             print(f"{out} already holds the {dtype} export of {src}; --force re-exports it")
             return 0
     if not src or not out:
@@ -240,12 +248,14 @@ def _export(args: argparse.Namespace) -> int:
             args.trust_remote_code,
             args.force,
             attention=attention,
+            weight_bits=bits,
         )
     except ExportError as err:
         print(f"embedpipe: error: {err}", file=sys.stderr)
         return 1
+    weights = f" ({card.weight_bits}-bit weights)" if card.weight_bits else ""
     print(
-        f"wrote {out}: {card.dtype}, {card.attention} attention, dim {card.dim}, "
+        f"wrote {out}: {card.dtype}{weights}, {card.attention} attention, dim {card.dim}, "
         f"{card.pooling} pooling, {_parity_words(card.parity)}"
     )
     return 0
@@ -260,13 +270,16 @@ def _parity_words(parity: dict) -> str:
     )
 
 
-def _is_current(out: Path, src: str, dtype: str, attention: str | None) -> bool:
+def _is_current(
+    out: Path, src: str, dtype: str, attention: str | None, weight_bits: int | None
+) -> bool:
     try:
         card = read_card(out)
     except ModelDirError:
         return False
     same_layout = attention is None or card.attention == attention
-    return card.source == src and card.dtype == dtype and same_layout
+    same_bits = weight_bits is None or (card.weight_bits or 8) == weight_bits
+    return card.source == src and card.dtype == dtype and same_layout and same_bits
 
 
 def _verify(args: argparse.Namespace) -> int:

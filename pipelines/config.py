@@ -44,8 +44,20 @@ class ModelConfig(_Section):
     # The attention layout of the export (export/optimize.py); unset: whatever the export in
     # model.dir holds, and when exporting packed-mha for fp16 (CUDA only), attention otherwise.
     attention: AttentionLayout | None = None
+    # int8's weights: 8 bits, or 7 for CPUs without VNNI (AVX2 only), where onnxruntime's int8
+    # kernel can saturate with 8; unset: whatever the export in model.dir holds, 8 when exporting.
+    weight_bits: Literal[8, 7] | None = None
     optimize: bool = True
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _bits_for_int8(self) -> ModelConfig:
+        if self.weight_bits is not None and self.dtype != "int8":
+            raise ValueError(
+                f"model.weight_bits is for int8 exports, and model.dtype is {self.dtype}; "
+                "drop model.weight_bits or set model.dtype: int8"
+            )
+        return self
 
     def export_dir(self) -> Path:
         """The model directory to load: source itself when it is an export, else dir."""

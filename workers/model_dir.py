@@ -53,6 +53,9 @@ class ModelCard:
     parity: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     attention: str = "attention"
+    # int8 only: its weights' bits, 8 or 7 (export/optimize.py WEIGHT_BITS); None for float dtypes
+    # and int8 exports made before it was recorded (8).
+    weight_bits: int | None = None
     # Probe texts and their reference vectors (unit length), embedded again on every device
     # that loads the model: workers/canary.py.
     canary: dict[str, Any] = field(default_factory=dict)

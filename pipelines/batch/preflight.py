@@ -231,6 +231,7 @@ def ensure_model(config: Config | ServeJob) -> Path:
             model.optimize,
             model.trust_remote_code,
             attention=model.attention,
+            weight_bits=model.weight_bits,
         )
         return model_dir
     if card.dtype != model.dtype:
@@ -242,6 +243,12 @@ def ensure_model(config: Config | ServeJob) -> Path:
         raise ModelDirError(
             f"{model_dir} holds the {card.attention} attention layout but model.attention is "
             f"{model.attention}; point model.dir elsewhere or re-export with --attention"
+        )
+    if model.weight_bits is not None and (card.weight_bits or 8) != model.weight_bits:
+        raise ModelDirError(
+            f"{model_dir} holds an int8 export with {card.weight_bits or 8}-bit weights but "
+            f"model.weight_bits is {model.weight_bits}; point model.dir elsewhere or re-export "
+            "with --weight-bits"
         )
     # Hashed once here, so a changed model.onnx is a usage error before Ray starts rather than
     # every actor failing to load.

@@ -68,7 +68,8 @@ def test_tokenizer_has_padding_and_truncation_off(minilm_dir):
 
 def test_int8_export_is_smaller_and_close_to_fp32(minilm_dir, minilm_int8_dir, parity_texts):
     card = read_card(minilm_int8_dir)
-    assert card.dtype == "int8" and card.parity["passed"]
+    assert card.dtype == "int8" and card.parity["passed"] and card.weight_bits == 8
+    assert read_card(minilm_dir).weight_bits is None
     size = (minilm_int8_dir / MODEL_FILE).stat().st_size
     assert size < 0.7 * (minilm_dir / MODEL_FILE).stat().st_size
     texts = parity_texts[::4]
@@ -76,6 +77,44 @@ def test_int8_export_is_smaller_and_close_to_fp32(minilm_dir, minilm_int8_dir, p
     int8 = Embedder.load(minilm_int8_dir).embed(texts).vectors
     sims = cosines(int8, fp32)
     assert sims.mean() >= 0.98 and sims.min() >= 0.9
+
+
+def quantized_weights(graph_path) -> list[np.ndarray]:
+    """The int8 weight initializers of a quantized graph."""
+    graph = onnx.load(str(graph_path)).graph
+    found = [onnx.numpy_helper.to_array(t) for t in graph.initializer]
+    return [w for w in found if w.dtype == np.int8 and w.size >= 1024]
+
+
+def test_seven_bit_int8_weights_fit_seven_bits_and_stay_close_to_fp32(
+    minilm_dir, parity_texts, tmp_path
+):
+    """--weight-bits 7 (CPUs without VNNI): every weight within -64..63, vectors still int8's."""
+    import shutil
+
+    from export.optimize import quantize_int8
+
+    seven = tmp_path / "seven"
+    shutil.copytree(minilm_dir, seven)
+    quantize_int8(minilm_dir / MODEL_FILE, seven / MODEL_FILE, weight_bits=7)
+    quantize_int8(minilm_dir / MODEL_FILE, tmp_path / "eight.onnx", weight_bits=8)
+    weights = quantized_weights(seven / MODEL_FILE)
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+    eight = quantized_weights(tmp_path / "eight.onnx")
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in eight) > 64
+    texts = parity_texts[::4]
+    fp32 = Embedder.load(minilm_dir).embed(texts).vectors
+    got = Embedder.load(seven, verify_checksum=False, canary=False).embed(texts).vectors
+    sims = cosines(got, fp32)
+    assert sims.mean() >= 0.98 and sims.min() >= 0.9
+
+
+def test_weight_bits_is_refused_for_a_float_export(tmp_path, capsys):
+    from pipelines.cli import main
+
+    code = main(["export", "--model", MINILM, "--out", str(tmp_path / "m"), "--weight-bits", "7"])
+    assert code == 1 and "--weight-bits is for int8 exports, not fp32" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_fp16_export_has_fp16_weights_float_io_and_passes_parity(

@@ -219,3 +219,21 @@ def test_an_openvino_runtime_needs_an_fp32_model_on_the_cpu(tmp_path):
     serve = {"model": {"source": "x", "dtype": "fp16"}, "workers": {"runtime": "openvino"}}
     with pytest.raises(ValueError, match="runtime openvino runs fp32 exports"):  # pydantic's
         ServeJob.model_validate(serve)
+
+
+def test_model_weight_bits_is_for_int8_and_must_match_the_export(tmp_path, minilm_int8_dir):
+    from pipelines.batch.preflight import ensure_model
+    from workers.model_dir import ModelDirError
+
+    config = load_config(write(tmp_path, MINIMAL), ["model.dtype=int8", "model.weight_bits=7"])
+    assert config.model.weight_bits == 7
+    with pytest.raises(ConfigError, match=r"model\.weight_bits is for int8 exports"):
+        load_config(write(tmp_path, MINIMAL), ["model.weight_bits=7"])
+    with pytest.raises(ConfigError, match="weight_bits"):
+        load_config(write(tmp_path, MINIMAL), ["model.dtype=int8", "model.weight_bits=6"])
+    int8 = ["model.dtype=int8", f"model.source={minilm_int8_dir}"]
+    eight = load_config(write(tmp_path, MINIMAL), [*int8, "model.weight_bits=8"])
+    assert ensure_model(eight) == minilm_int8_dir  # its card says 8
+    seven = load_config(write(tmp_path, MINIMAL), [*int8, "model.weight_bits=7"])
+    with pytest.raises(ModelDirError, match=r"8-bit weights but model\.weight_bits is 7"):
+        ensure_model(seven)
