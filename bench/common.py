@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.exporter import export_model  # noqa: E402
+from workers.cpu_features import CPUINFO, cpu_flags  # noqa: E402
 from workers.model_dir import ModelDirError, read_card  # noqa: E402
 from workers.options import EmbedOptions  # noqa: E402
 from workers.prepare import TextPreparer  # noqa: E402
@@ -115,15 +116,13 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "am
 def host_cpu() -> dict[str, Any]:
     """This machine's CPU model and which of CPU_FEATURES it has (Linux's /proc/cpuinfo), so
     figures from machines drawn at random can be told apart."""
-    name, flags = "unknown", set()
+    name = "unknown"
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+        models = [
+            line for line in CPUINFO.read_text().splitlines() if line.startswith("model name")
+        ]
+        name = models[0].partition(":")[2].strip() if models else name
+    flags = cpu_flags() or frozenset()
     return {"cpu": name, "cpu_features": [f for f in CPU_FEATURES if f in flags]}
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from workers.batching import MIN_ROWS, pad_batch, plan_batches
 from workers.canary import check_canary
+from workers.cpu_features import cpu_flags, int8_saturation_warning
 from workers.embeddings import Embeddings
 from workers.errors import DeviceError, DeviceOutOfMemory
 from workers.finish import l2_normalize
@@ -139,6 +140,8 @@ class Embedder:
             check_openvino_fits(root, card, device, runtime)
             session = OpenVinoSession(root / MODEL_FILE, runtime, threads, lanes)
         embedder = cls(card, preparer, session, max_batch_tokens, batch_invariant, lanes)
+        if session.device == "cpu" and (warning := int8_saturation_warning(card, cpu_flags())):
+            log.warning("%s: %s", root, warning)
         if session.device == "cuda":
             embedder.warm_up()
         if canary:
