@@ -278,7 +278,7 @@ def _is_current(
     except ModelDirError:
         return False
     same_layout = attention is None or card.attention == attention
-    same_bits = weight_bits is None or (card.weight_bits or 8) == weight_bits
+    same_bits = weight_bits is None or card.int8_weight_bits == weight_bits
     return card.source == src and card.dtype == dtype and same_layout and same_bits
 
 

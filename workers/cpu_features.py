@@ -35,7 +35,7 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
 def int8_saturation_warning(card: ModelCard, flags: frozenset[str] | None) -> str | None:
     """Why and how to re-export, for an int8 export with 8-bit weights on an x86 CPU whose
     flags show no VNNI; None otherwise."""
-    if card.dtype != "int8" or (card.weight_bits or 8) != 8 or flags is None:
+    if card.int8_weight_bits != 8 or flags is None:
         return None
     if platform.machine().lower() not in ("x86_64", "amd64") or flags & VNNI_FLAGS:
         return None

@@ -61,6 +61,11 @@ class ModelCard:
     canary: dict[str, Any] = field(default_factory=dict)
     format: int = CARD_FORMAT
 
+    @property
+    def int8_weight_bits(self) -> int | None:
+        """An int8 export's weight bits, 8 where its card predates the key; None for floats."""
+        return (self.weight_bits or 8) if self.dtype == "int8" else None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 

@@ -244,9 +244,9 @@ def ensure_model(config: Config | ServeJob) -> Path:
             f"{model_dir} holds the {card.attention} attention layout but model.attention is "
             f"{model.attention}; point model.dir elsewhere or re-export with --attention"
         )
-    if model.weight_bits is not None and (card.weight_bits or 8) != model.weight_bits:
+    if model.weight_bits is not None and card.int8_weight_bits != model.weight_bits:
         raise ModelDirError(
-            f"{model_dir} holds an int8 export with {card.weight_bits or 8}-bit weights but "
+            f"{model_dir} holds an int8 export with {card.int8_weight_bits}-bit weights but "
             f"model.weight_bits is {model.weight_bits}; point model.dir elsewhere or re-export "
             "with --weight-bits"
         )
