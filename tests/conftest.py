@@ -58,6 +58,7 @@ LONGEST_FIRST = (
     "pipelines/test_run_signals.py",
     "export/test_export.py",
     "pipelines/test_cache.py",
+    "pipelines/test_ray_data_cluster.py",
 )
 
 

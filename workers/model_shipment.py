@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from workers.files import sha256_file
-from workers.model_dir import MODEL_FILE
+from workers.model_dir import MODEL_FILE, read_card
 
 # Where a node keeps the models shipped to it (default: <the system temp dir>/embedpipe-models).
 CACHE_ENV = "EMBEDPIPE_MODEL_CACHE"
@@ -44,6 +44,18 @@ def pack(model_dir: str | Path) -> dict[str, np.ndarray]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+def ship_model(model_dir: str | Path) -> ModelShipment:
+    """The model directory put into Ray's object store once, by a process connected to Ray on
+    the node that has it: an actor on another node unpacks it into that node's cache
+    (`model_dir_here`); an actor on this node loads the directory itself."""
+    import ray  # here only: the rest of this module works on plain files
+
+    root = str(Path(model_dir).resolve())  # an actor's working directory is not the caller's
+    sha256 = read_card(root).onnx_sha256
+    node = ray.get_runtime_context().get_node_id()
+    return ModelShipment(root, sha256, node, ray.put(pack(root)))
 
 
 def cache_root() -> Path:

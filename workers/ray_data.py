@@ -17,19 +17,28 @@ null embedding and the reason: rows are never dropped. The column is a plain Arr
 list, which Ray Data's write_parquet writes as it is, so polars, DuckDB and pyarrow read it as
 embedpipe's own output (not Ray's tensor extension type, which appears only for numpy batches).
 
+On a cluster of several nodes the export need not be on every node: `ship_model(model_dir)`,
+called once on the driver, puts its files into Ray's object store, and passed as `model_dir` it
+has each node's first actor unpack them into a node-local cache named by the model's sha256, as
+`embedpipe run` ships its model (workers/model_shipment.py).
+
 Ray Data is imported by nothing here: this module needs only pyarrow and the embedder, so the
 class also works on a pyarrow Table outside Ray.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from workers.embedder import Embedder
+from workers.model_shipment import ModelShipment, model_dir_here, ship_model
 from workers.options import EmbedOptions
+
+__all__ = ["ADDED", "EmbedBatches", "ship_model"]
 
 ADDED = ("embedding", "n_tokens", "truncated", "reject_reason")
 
@@ -39,7 +48,7 @@ class EmbedBatches:
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: str | Path | ModelShipment,
         text_column: str = "text",
         *,
         normalize: bool = True,
@@ -59,7 +68,7 @@ class EmbedBatches:
             truncation_direction=truncation_direction,
         )
         self.embedder = Embedder.load(
-            model_dir,
+            local_model_dir(model_dir),
             device=device,
             threads=threads,
             max_batch_tokens=max_batch_tokens,
@@ -89,6 +98,24 @@ class EmbedBatches:
             .append_column("truncated", pa.array(found.truncated & ok, pa.bool_()))
             .append_column("reject_reason", pa.array(list(found.errors), pa.string()))
         )
+
+
+def local_model_dir(model_dir: str | Path | ModelShipment) -> str | Path:
+    """The export to load on this node: a path as given; for ship_model's shipment, the driver's
+    directory on the driver's node, else this node's cached copy (unpacked on first use)."""
+    if isinstance(model_dir, ModelShipment):
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return model_dir_here(model_dir, node, lambda: ray.get(model_dir.files))
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(
+            f"model_dir {str(model_dir)!r} is not a directory on this node "
+            f"({socket.gethostname()}): on a cluster whose nodes do not all have the export, "
+            f"pass model_dir=ship_model({str(model_dir)!r}) (from workers.ray_data), called once "
+            "on the driver, which ships it to the nodes through Ray's object store"
+        )
+    return model_dir
 
 
 def _vectors(vectors: np.ndarray, ok: np.ndarray) -> pa.Array:

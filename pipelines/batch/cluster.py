@@ -22,7 +22,7 @@ from pipelines.config import Config
 from pipelines.interrupt import StopRequest
 from workers.actor import CONCURRENT_TASKS, EmbedActor
 from workers.model_dir import read_card
-from workers.model_shipment import ModelShipment, pack
+from workers.model_shipment import ModelShipment, ship_model
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def shipment(model_dir: str, plan: ActorPlan) -> ModelShipment:
     if not may_leave_this_node(plan):
         return ModelShipment(model_dir, sha256)
     log.info("shipping the model in %s to the other nodes through the object store", model_dir)
-    node = ray.get_runtime_context().get_node_id()
-    return ModelShipment(model_dir, sha256, node, ray.put(pack(model_dir)))
+    return ship_model(model_dir)
 
 
 def may_leave_this_node(plan: ActorPlan) -> bool:

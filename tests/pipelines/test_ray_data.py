@@ -56,6 +56,12 @@ def test_a_batch_of_another_format_or_without_the_column_is_refused_with_the_fix
         embed(pa.table({"text": ["a"]}))
 
 
+def test_a_model_dir_this_node_lacks_is_refused_naming_ship_model(tmp_path):
+    missing = tmp_path / "models" / "minilm"
+    with pytest.raises(FileNotFoundError, match=r"not a directory on this node .*ship_model\("):
+        EmbedBatches(missing)
+
+
 def test_ray_data_writes_the_run_s_vectors_as_a_plain_fixed_size_list(
     tmp_path, minilm_dir, parity_texts
 ):
