@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.batch.run import run_job
 from pipelines.config import load_config
-from workers.ray_data import EmbedBatches
+from workers.ray_data import EmbedBatches, actor_device
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -54,6 +54,20 @@ def test_a_batch_of_another_format_or_without_the_column_is_refused_with_the_fix
         embed({"body": np.array(["a"])})  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="text_column"):
         embed(pa.table({"text": ["a"]}))
+
+
+def test_auto_device_is_the_gpu_ray_gave_the_actor_and_batches_fit_the_device(
+    minilm_dir, monkeypatch
+):
+    import ray
+
+    embedder = EmbedBatches(minilm_dir, threads=1).embedder  # no GPU from Ray here
+    assert embedder.session.device == "cpu" and embedder.max_batch_tokens == 2048
+    assert (
+        EmbedBatches(minilm_dir, threads=1, max_batch_tokens=512).embedder.max_batch_tokens == 512
+    )
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])  # what an actor with num_gpus=1 sees
+    assert actor_device("auto") == "cuda" and actor_device("cpu") == "cpu"
 
 
 def test_a_model_dir_this_node_lacks_is_refused_naming_ship_model(tmp_path):
