@@ -77,7 +77,7 @@ class EmbedBatches:
             local_model_dir(model_dir),
             device=device,
             threads=threads,
-            max_batch_tokens=max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device, 2048),
+            max_batch_tokens=batch_tokens(device, max_batch_tokens),
             parallel_batches=True,
             runtime=runtime,
         )
@@ -104,6 +104,11 @@ class EmbedBatches:
             .append_column("truncated", pa.array(found.truncated & ok, pa.bool_()))
             .append_column("reject_reason", pa.array(list(found.errors), pa.string()))
         )
+
+
+def batch_tokens(device: str, asked: int | None) -> int:
+    """What was asked, else the device's default (an unknown device is refused by the load)."""
+    return DEFAULT_BATCH_TOKENS.get(device, DEFAULT_BATCH_TOKENS["cpu"]) if asked is None else asked
 
 
 def actor_device(device: str) -> str:
