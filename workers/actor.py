@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
-from workers.model_shipment import ModelShipment, model_dir_here
+from workers.model_shipment import ModelShipment, model_dir_on_this_node
 
 if TYPE_CHECKING:  # the driver imports this module too, and needs no onnxruntime
     from workers.embedder import Embedder
@@ -44,8 +44,7 @@ class EmbedActor:
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         from workers.embedder import Embedder
 
-        node = ray.get_runtime_context().get_node_id()
-        self.model_dir = model_dir_here(model, node, lambda: ray.get(model.files))
+        self.model_dir = model_dir_on_this_node(model)
         self.embedder = Embedder.load(
             self.model_dir,
             device=device,

@@ -10,6 +10,7 @@ then lose accuracy at the tail (README, "int8 exports"), 7-bit weights cannot sa
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 from workers.model_dir import ModelCard
@@ -32,10 +33,15 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
     return None
 
 
-def int8_saturation_warning(card: ModelCard, flags: frozenset[str] | None) -> str | None:
+def int8_saturation_warning(
+    card: ModelCard, read_flags: Callable[[], frozenset[str] | None]
+) -> str | None:
     """Why and how to re-export, for an int8 export with 8-bit weights on an x86 CPU whose
-    flags show no VNNI; None otherwise."""
-    if card.int8_weight_bits != 8 or flags is None:
+    flags show no VNNI; None otherwise. read_flags (cpu_flags) is called only for such a card."""
+    if card.int8_weight_bits != 8:
+        return None
+    flags = read_flags()
+    if flags is None:
         return None
     if platform.machine().lower() not in ("x86_64", "amd64") or flags & VNNI_FLAGS:
         return None

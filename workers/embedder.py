@@ -140,9 +140,7 @@ class Embedder:
             check_openvino_fits(root, card, device, runtime)
             session = OpenVinoSession(root / MODEL_FILE, runtime, threads, lanes)
         embedder = cls(card, preparer, session, max_batch_tokens, batch_invariant, lanes)
-        # /proc/cpuinfo is read only where its answer can matter: an 8-bit int8 export on the CPU
-        eight_bit_on_cpu = session.device == "cpu" and card.int8_weight_bits == 8
-        if eight_bit_on_cpu and (warning := int8_saturation_warning(card, cpu_flags())):
+        if session.device == "cpu" and (warning := int8_saturation_warning(card, cpu_flags)):
             log.warning("%s: %s", root, warning)
         if session.device == "cuda":
             embedder.warm_up()

@@ -58,6 +58,15 @@ def ship_model(model_dir: str | Path) -> ModelShipment:
     return ModelShipment(root, sha256, node, ray.put(pack(root)))
 
 
+def model_dir_on_this_node(shipment: ModelShipment) -> str:
+    """model_dir_here for the Ray worker this runs in: its node, and the shipped files from
+    the object store."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return model_dir_here(shipment, node, lambda: ray.get(shipment.files))
+
+
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "embedpipe-models")
 

@@ -34,16 +34,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from workers.embedder import Embedder
-from workers.model_shipment import ModelShipment, model_dir_here, ship_model
+from workers.embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder
+from workers.model_shipment import ModelShipment, model_dir_on_this_node, ship_model
 from workers.options import EmbedOptions
 
 __all__ = ["ADDED", "EmbedBatches", "ship_model"]
 
 ADDED = ("embedding", "n_tokens", "truncated", "reject_reason")
-# Padded tokens per model batch unless given: a CPU's batches should stay in its cache (2048 beat
-# 32768 by 35%, conf/default.yaml), a GPU wants large ones (conf/gte-large.yaml).
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+# Padded tokens per model batch unless given: a CPU's batches should stay in its cache (the
+# embedder's default, 2048, beat 32768 by 35%), a GPU wants large ones (conf/gte-large.yaml).
+DEFAULT_BATCH_TOKENS = {"cpu": DEFAULT_MAX_BATCH_TOKENS, "cuda": 16384}
 
 
 class EmbedBatches:
@@ -126,10 +126,7 @@ def local_model_dir(model_dir: str | Path | ModelShipment) -> str | Path:
     """The export to load on this node: a path as given; for ship_model's shipment, the driver's
     directory on the driver's node, else this node's cached copy (unpacked on first use)."""
     if isinstance(model_dir, ModelShipment):
-        import ray
-
-        node = ray.get_runtime_context().get_node_id()
-        return model_dir_here(model_dir, node, lambda: ray.get(model_dir.files))
+        return model_dir_on_this_node(model_dir)
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(
             f"model_dir {str(model_dir)!r} is not a directory on this node "

@@ -95,9 +95,8 @@ def start_actors(
 def shipment(model_dir: str, plan: ActorPlan) -> ModelShipment:
     """The model for the actors: the driver's directory, also put into the object store when
     an actor may start on another node (workers/model_shipment.py)."""
-    sha256 = read_card(model_dir).onnx_sha256
     if not may_leave_this_node(plan):
-        return ModelShipment(model_dir, sha256)
+        return ModelShipment(model_dir, read_card(model_dir).onnx_sha256)
     log.info("shipping the model in %s to the other nodes through the object store", model_dir)
     return ship_model(model_dir)
 

@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from workers.files import sha256_file
@@ -20,13 +21,20 @@ README_ENTRYPOINT = ["python", "-m", "pipelines.cli", "run"]
 # a run's output
 
 
-def wait_for_done_markers(out: Path, count: int, timeout_s: float = 180) -> int:
+def wait_for_done_markers(
+    out: Path, count: int, running: Callable[[], bool] | None = None, timeout_s: float = 180
+) -> int:
+    """Wait for `count` done markers; running (the run's thread or process) says when the run
+    has ended, so a run that died early fails here at once, not after timeout_s."""
     done = out / "_state" / "done"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        ended = running is not None and not running()  # read before the count: no race
         found = len(list(done.glob("*.json"))) if done.is_dir() else 0
         if found >= count:
             return found
+        if ended:
+            raise AssertionError(f"the run ended with {found} tasks done, before {count}")
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} tasks done after {timeout_s} s")
 

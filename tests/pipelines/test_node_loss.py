@@ -53,7 +53,7 @@ def test_a_worker_node_lost_mid_run_loses_no_row(cluster, tmp_path, minilm_dir, 
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run_job(load_config(conf))))
     runner.start()
-    wait_for_done_markers(out, 3)
+    wait_for_done_markers(out, 3, runner.is_alive)
     cluster.remove_node(node_running_an_actor(workers), allow_graceful=False)
     runner.join(timeout=300)
     assert not runner.is_alive(), "the run did not finish after the node loss"
@@ -86,7 +86,7 @@ def test_losing_the_only_node_stops_the_run_naming_what_it_lacks(cluster, tmp_pa
 
     runner = threading.Thread(target=run)
     runner.start()
-    wait_for_done_markers(out, 3)
+    wait_for_done_markers(out, 3, runner.is_alive)
     cluster.remove_node(node, allow_graceful=False)
     runner.join(timeout=120)
     assert not runner.is_alive(), "the run hangs on an actor that cannot come back"

@@ -28,7 +28,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_next_run_resumes(
     conf = write_config(tmp_path / "job.yaml", minilm_dir, tmp_path / "in", out, "stop_grace_s: 30")
     log = tmp_path / "run.log"
     proc = start_run(conf, log)
-    wait_for_done_markers(out, 3)
+    wait_for_done_markers(out, 3, lambda: proc.poll() is None)
     proc.send_signal(signum)
     try:
         assert proc.wait(timeout=60) == code

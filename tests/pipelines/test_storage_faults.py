@@ -29,7 +29,7 @@ def faulty_run(tmp_path, minilm_dir):
         log = tmp_path / "run.log"
         proc = start_run(conf, log, env)
         try:
-            wait_for_done_markers(out, after_done)
+            wait_for_done_markers(out, after_done, lambda: proc.poll() is None)
             control.write_text(fault)
             code = proc.wait(timeout=300)
         finally:

@@ -29,9 +29,9 @@ def test_flags_come_from_the_first_processor_of_cpuinfo(tmp_path):
 
 def test_an_8_bit_int8_export_without_vnni_is_told_to_use_7_bit_weights(minilm_int8_dir, on_x86):
     card = read_card(minilm_int8_dir)
-    warning = int8_saturation_warning(card, AVX2_ONLY)
+    warning = int8_saturation_warning(card, lambda: AVX2_ONLY)
     assert warning is not None and "--weight-bits 7" in warning
-    assert int8_saturation_warning(dataclasses.replace(card, weight_bits=None), AVX2_ONLY)
+    assert int8_saturation_warning(dataclasses.replace(card, weight_bits=None), lambda: AVX2_ONLY)
 
 
 def test_no_warning_with_vnni_7_bit_weights_a_float_export_or_unknown_flags(
@@ -39,10 +39,12 @@ def test_no_warning_with_vnni_7_bit_weights_a_float_export_or_unknown_flags(
 ):
     int8, fp32 = read_card(minilm_int8_dir), read_card(minilm_dir)
     for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
-        assert int8_saturation_warning(int8, AVX2_ONLY | {vnni}) is None
-    assert int8_saturation_warning(dataclasses.replace(int8, weight_bits=7), AVX2_ONLY) is None
-    assert int8_saturation_warning(fp32, AVX2_ONLY) is None
-    assert int8_saturation_warning(int8, None) is None
+        assert int8_saturation_warning(int8, lambda flag=vnni: AVX2_ONLY | {flag}) is None
+    assert (
+        int8_saturation_warning(dataclasses.replace(int8, weight_bits=7), lambda: AVX2_ONLY) is None
+    )
+    assert int8_saturation_warning(fp32, lambda: AVX2_ONLY) is None
+    assert int8_saturation_warning(int8, lambda: None) is None
 
 
 def test_loading_the_export_on_such_a_cpu_logs_the_warning(
