@@ -17,7 +17,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers gpu-parts gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -59,6 +59,19 @@ bench-host: setup ## an actor's CPU side (read, tokenize, write) with a null dev
 
 bench-gpu: setup ## on a GPU machine: gte-large's shape in fp16, sentence-transformers vs bare CUDA session vs embedpipe run -> bench/results/gpu.json
 	$(PY) bench/gpu.py --out bench/results/gpu.json
+
+# What the GPU machine lacks (../shared/GPU.md): ../shared/tools/gpu-parts' own list, which naming
+# any package replaces, and pandas with its dependencies, which Ray Data imports (bench-peers --gpu
+# in gpu-check): 297 MiB packed, still 5 parts of 60 MiB (the last 57 MiB, carried with the
+# checksums and the corpus under the 64 MiB a command takes).
+GPU_PARTS := onnxruntime-gpu==1.31.1 ray==2.60.0 polars==2.1.0 polars-runtime-32==2.1.0 \
+  pydantic==2.14.3 pydantic-core==2.50.4 annotated-types typing-inspection jsonschema \
+  jsonschema-specifications referencing rpds-py pandas==3.1.1 python-dateutil==4.0.0 tzdata==2026.6
+GPU_PART_MB ?= 60
+
+gpu-parts: ## pack what the GPU machine lacks (gpu-parts' list and Ray Data's pandas) and the corpus into .gpuparts/
+	PART_MB=$(GPU_PART_MB) ../shared/tools/gpu-parts $(GPU_PARTS)
+	cp ../shared/bench/stdlib_docs.parquet .gpuparts/
 
 gpu-check: ## one GPU window, installs nothing: versions, attention kernels, bench-gpu over every layout, gpu tests -> $(OUT)
 	PYTHON=$(PYTHON) OUT=$(OUT) bash bench/gpu_check.sh $(GPU_CHECK_ARGS)

