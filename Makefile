@@ -73,7 +73,7 @@ gpu-parts: ## pack what the GPU machine lacks (gpu-parts' list and Ray Data's pa
 	PART_MB=$(GPU_PART_MB) ../shared/tools/gpu-parts $(GPU_PARTS)
 	cp ../shared/bench/stdlib_docs.parquet .gpuparts/
 
-gpu-check: ## one GPU window, installs nothing: versions, attention kernels, bench-gpu over every layout, gpu tests -> $(OUT)
+gpu-check: ## one GPU window, installs nothing: versions, attention kernels, bench-gpu over every layout, gpu tests, bench-peers' fp16 variants -> $(OUT)
 	PYTHON=$(PYTHON) OUT=$(OUT) bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 bench-storage: setup ## the stdlib corpus in and out of S3 (a local moto server) vs a local disk -> bench/results/storage.json

@@ -2,9 +2,10 @@
 # make gpu-check OUT=DIR [GPU_CHECK_ARGS="--device cpu --shape tiny"]: everything one GPU window
 # runs, in one command, on a bare GPU machine after ../shared/GPU.md's unpack (the image's python3
 # with PYTHONPATH=/tmp/gpu-site:$PWD) of the parts `make gpu-parts` packs (gpu-parts' own list
-# and pandas, which Ray Data imports for the peers step). It installs nothing. Each step writes its log to OUT as it
-# goes, and bench/gpu.py rewrites OUT/gpu.json after each of its steps, so a run cut short still
-# returns what it measured. At most 8 files land in OUT (the device tool returns no more):
+# and pandas, which Ray Data imports for the peers step). It installs nothing. Each step writes
+# its log to OUT as it goes, and bench/gpu.py rewrites OUT/gpu.json after each of its steps, so a
+# run cut short still returns what it measured. At most 8 files land in OUT (the device tool
+# returns no more):
 #   steps.log  what ran, exit status and seconds of each step
 #   env.log    nvidia-smi and bench/gpu_env.py's report
 #   env.json   GPU, driver, CUDA, cuDNN, library versions, onnxruntime's build and providers
@@ -51,9 +52,11 @@ step tests 120 "$py" -m pytest -q -p no:cacheprovider -m gpu \
 peers_on=()
 [[ " $* " == *" --device cpu "* ]] && peers_on=(--device cpu --rows 300)
 if ! "$py" -c "import pandas" 2>/dev/null; then  # Ray Data's; gpu-parts' own list lacks it
-  echo "== peers: skipped, no pandas for Ray Data: pack the parts with make gpu-parts" | tee -a "$out/steps.log"
+  echo "== peers: skipped, no pandas for Ray Data: pack the parts with make gpu-parts" \
+    | tee -a "$out/steps.log"
 elif [[ -n $corpus ]]; then
   step peers 150 "$py" bench/peers.py --gpu --rounds 1 --stand-in minilm \
-    ${peers_on[@]+"${peers_on[@]}"} --out "$out/peers.json" --work /tmp/embedpipe-peers --corpus "$corpus"
+    ${peers_on[@]+"${peers_on[@]}"} --out "$out/peers.json" --work /tmp/embedpipe-peers \
+    --corpus "$corpus"
 fi
 echo "gpu-check done $(date -u +%FT%TZ)" | tee -a "$out/steps.log"
