@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.batching import MIN_ROWS, pad_batch, plan_batches
+from workers.batching import MIN_ROWS, pad_batch, plan_batches, plan_least_cost
 from workers.canary import check_canary
 from workers.cpu_features import cpu_flags, int8_saturation_warning
 from workers.embeddings import Embeddings
@@ -228,7 +228,7 @@ class Embedder:
         if len(live) == 0:
             return ran
         lengths = np.array([len(prepared.ids[i]) for i in live])
-        batches = [live[b] for b in plan_batches(lengths, self.max_batch_tokens)]
+        batches = [live[b] for b in self.plan(lengths)]
         if self._pool is None:
             for rows in batches:
                 self._run_rows(prepared, rows, ran)
@@ -236,6 +236,13 @@ class Embedder:
             for _ in self._pool.map(lambda rows: self._run_rows(prepared, rows, ran), batches):
                 pass
         return ran
+
+    def plan(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Batches of the texts of these token counts: on the CPU those of least padded compute,
+        elsewhere greedy under the budget (workers/batching.py says why)."""
+        if self.session.device == "cpu":
+            return plan_least_cost(lengths, self.max_batch_tokens, self._min_rows)
+        return plan_batches(lengths, self.max_batch_tokens)
 
     def _run_rows(self, prepared: Prepared, rows: np.ndarray, ran: Ran) -> None:
         """One batch on the device; on out-of-memory, the budget comes down to half this batch
