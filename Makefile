@@ -17,7 +17,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers gpu-parts gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers bench-planner gpu-parts gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -49,10 +49,13 @@ chaos: setup ## a long chaos run: 200 tasks, 30 random SIGKILLs of actors and dr
 	rm -rf build/chaos
 	$(PY) -m tests.chaos --model-dir $$($(PY) -c "from pipelines.config import load_config; print(load_config('$(CONF)').model.export_dir())") --work build/chaos --tasks $(CHAOS_TASKS) --kills $(CHAOS_KILLS) $(CHAOS_ARGS)
 
-bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-storage bench-long ## run every benchmark that needs no GPU
+bench: bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-storage bench-long bench-planner ## run every benchmark that needs no GPU
 
 bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> bench/results/embedder.json
 	$(PY) bench/embedder.py --out bench/results/embedder.json
+
+bench-planner: setup ## the CPU's least-cost batch planner vs the greedy one, embedder time and padding -> bench/results/planner.json
+	$(PY) bench/planner.py --out bench/results/planner.json
 
 bench-host: setup ## an actor's CPU side (read, tokenize, write) with a null device, vs the tokenizer alone -> bench/results/host.json
 	$(PY) bench/host.py --out bench/results/host.json

@@ -95,8 +95,10 @@ def plan_least_cost(
     """Groups row indices into the batches of least padded compute under the CPU cost model
     above: each batch a run of the length-sorted texts (longest first), under the budget but for
     a single text longer than it, a batch under `min_rows` paying for its copies. Over the stdlib
-    corpus in 8 tasks this pads 4% where plan_batches pads 7%. Cost: for each text, numpy over
-    the at most max_batch_tokens / PAD_MULTIPLE batches that can end with it."""
+    corpus in 8 tasks, chunked as the embedder does, this pads 3.4% where plan_batches pads 7.3%
+    (rounding each text up to PAD_MULTIPLE alone is 2.9%). Cost: for each text, numpy over the
+    at most max_batch_tokens / PAD_MULTIPLE batches that can end with it (0.06 s for 4,096
+    texts at a budget of 2,048, 0.1 s at 65,536)."""
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
     order = np.argsort(-np.asarray(lengths), kind="stable")

@@ -6,8 +6,9 @@ reason (its vector row is NaN, so it cannot be used by mistake). Batches are cut
 token budget over length-sorted texts and shaped so that, on the CPU provider, a text's vector
 does not depend on the budget, its batch mates or the order of the input, to the last bit (on
 CUDA and with workers.runtime openvino, to float rounding: their kernels are chosen by batch
-shape). `embed` may be called from several threads: only the session run is serialized, so one
-call's tokenizing overlaps another's inference. On the CPU, `parallel_batches` runs as many
+shape; int8 exports too, which quantize each batch as a whole). `embed` may be called from
+several threads: only the session run is serialized, so one call's tokenizing overlaps
+another's inference. On the CPU, `parallel_batches` runs as many
 batches at once as it has threads, each single-threaded: the same vectors, to the last bit, in
 less time. A long call is itself a pipeline: its texts are tokenized in chunks (small first,
 then growing), the next chunk on a helper thread while the current one's batches run, so the
