@@ -50,7 +50,12 @@ BATCH_OVERHEAD_TOKENS = 16
 
 
 def padded_width(longest: int, multiple: int = PAD_MULTIPLE) -> int:
-    return max(multiple, -(-max(longest, 1) // multiple) * multiple)
+    return int(padded_widths(np.array([longest]), multiple)[0])
+
+
+def padded_widths(lengths: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray:
+    """Each length rounded up to a multiple of `multiple`, at least one multiple."""
+    return np.maximum(multiple, -(-np.maximum(lengths, 1) // multiple) * multiple)
 
 
 def plan_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
@@ -102,7 +107,7 @@ def plan_least_cost(
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    widths = np.maximum(PAD_MULTIPLE, -(-np.asarray(lengths)[order] // PAD_MULTIPLE) * PAD_MULTIPLE)
+    widths = padded_widths(np.asarray(lengths)[order])
     row_cost = widths * (1.0 + widths / ATTENTION_WIDTH)  # a row at its batch's first width
     best = np.zeros(len(order) + 1)  # least cost of the first k sorted texts
     start = np.zeros(len(order) + 1, dtype=np.int64)  # where the last of those batches starts

@@ -8,11 +8,11 @@ does not depend on the budget, its batch mates or the order of the input, to the
 CUDA and with workers.runtime openvino, to float rounding: their kernels are chosen by batch
 shape; int8 exports too, which quantize each batch as a whole). `embed` may be called from
 several threads: only the session run is serialized, so one call's tokenizing overlaps
-another's inference. On the CPU, `parallel_batches` runs as many
-batches at once as it has threads, each single-threaded: the same vectors, to the last bit, in
-less time. A long call is itself a pipeline: its texts are tokenized in chunks (small first,
-then growing), the next chunk on a helper thread while the current one's batches run, so the
-device starts on a 20,000-text task after 256 texts are tokenized, not all of them. Vectors do
+another's inference. On the CPU, `parallel_batches` runs as many batches at once as it has
+threads, each single-threaded: the same vectors, to the last bit, in less time. A long call
+is itself a pipeline: its texts are tokenized in chunks (small first, then growing), the next
+chunk on a helper thread while the current one's batches run, so the device starts on a
+20,000-text task after 256 texts are tokenized, not all of them. Vectors do
 not change: batches are sorted and cut within a chunk, and a text's vector does not depend on
 its batch mates.
 """
