@@ -107,15 +107,17 @@ def test_a_task_on_a_device_out_of_memory_finishes_and_its_marker_says_how_often
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = plan_tasks(list_inputs(str(src)), 100)[0]
     spec = TaskSpec(task, str(tmp_path / "out"), "id", "text", (), (), EmbedOptions(), "{}")
-    # 16 tokens a batch: two rows of 8, so the three medium texts (a batch of 3 x 8) are split
-    # and the long one (32 tokens) fits nowhere
+    # 16 tokens a batch: two rows of 8. The CPU's plan puts the long text (32 tokens) beside one
+    # medium one (a lone row would pay for its copy anyway): that 2 x 32 batch is split once, the
+    # budget comes down to 32, the long text fits nowhere alone, the other two fit as 2 x 8
     small, _ = limited(minilm_dir, limit=16, budget=4096)
     result = run_task(small, spec)
     assert (result.embedded, result.rejected) == (3, 1)
     rejects = pl.read_parquet(tmp_path / "out" / "_rejects" / f"part-{result.task_id}.parquet")
     assert rejects["id"].to_list() == ["long"]
     assert "32 tokens does not fit the device's memory even alone" in rejects["reason"][0]
-    assert result.to_json()["device_oom"] == {"splits": 1, "max_batch_tokens": 12}
+    assert result.to_json()["device_oom"] == {"splits": 1, "max_batch_tokens": 32}
+    assert small.max_batch_tokens == 32  # the marker's budget is the one the embedder ended on
     untouched = dataclasses.replace(result, oom_splits=0, max_batch_tokens=4096)
     report = totals({"t1": result, "t2": untouched})
-    assert report["device_oom"] == {"splits": 1, "max_batch_tokens": 12}
+    assert report["device_oom"] == {"splits": 1, "max_batch_tokens": 32}
