@@ -27,7 +27,7 @@ import numpy as np
 from common import CORPUS, MINILM, ROOT, exported, host_cpu, load_texts, write_result
 
 from workers import Embedder
-from workers.batching import padded_width, plan_batches
+from workers.batching import MIN_ROWS, padded_width, plan_batches
 from workers.embedder import chunk_spans
 from workers.options import EmbedOptions
 
@@ -89,28 +89,28 @@ def compare(
             seconds[name].append(time.perf_counter() - start)
             print(f"round {round_ + 1}: {name} {seconds[name][-1]:.1f} s", file=sys.stderr)
     del embedder.plan  # the class's own again
+    lengths = [embedder.preparer.prepare(task, EmbedOptions()).n_tokens for task in tasks]
     difference = float(np.abs(vectors["least_cost"] - vectors["greedy"]).max())
     if exact and difference != 0:
         raise SystemExit(f"the two plans' vectors differ by up to {difference}: batch invariance")
     ratios = [a / b for a, b in zip(seconds["least_cost"], seconds["greedy"], strict=True)]
     return {
         "seconds": {name: [round(s, 2) for s in secs] for name, secs in seconds.items()},
-        "padding": {name: padding(embedder, tasks, plan) for name, plan in planners.items()},
+        "padding": {name: padding(lengths, plan) for name, plan in planners.items()},
         "least_cost_over_greedy": round(statistics.median(ratios), 3),
         "max_abs_difference": difference,
     }
 
 
-def padding(embedder: Embedder, tasks: list[list[str]], plan: Planner) -> float:
+def padding(task_lengths: list[np.ndarray], plan: Planner) -> float:
     """Padded tokens beyond the texts' own over the texts' own, chunked as the embedder does."""
     own = padded = 0
-    for task in tasks:
-        lengths = embedder.preparer.prepare(task, EmbedOptions()).n_tokens
+    for lengths in task_lengths:
         for start, stop in chunk_spans(len(lengths)):
             chunk = lengths[start:stop]
             for batch in plan(chunk):
                 own += int(chunk[batch].sum())
-                padded += max(len(batch), 2) * padded_width(int(chunk[batch].max()))
+                padded += max(len(batch), MIN_ROWS) * padded_width(int(chunk[batch].max()))
     return round(padded / own - 1, 4)
 
 

@@ -106,8 +106,9 @@ def plan_least_cost(
     texts at a budget of 2,048, 0.1 s at 65,536)."""
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    widths = padded_widths(np.asarray(lengths)[order])
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    widths = padded_widths(lengths[order])
     row_cost = widths * (1.0 + widths / ATTENTION_WIDTH)  # a row at its batch's first width
     best = np.zeros(len(order) + 1)  # least cost of the first k sorted texts
     start = np.zeros(len(order) + 1, dtype=np.int64)  # where the last of those batches starts
