@@ -42,6 +42,9 @@ CHUNK_TOKENS = 64
 # costs a whole restart and meets no work in flight; drawn at every look (each 0.3-1 s of a start-up
 # of 7 s or more) it took 9 of 10 kills (seed 7), leaving a single kill for the actors mid-run.
 STARTUP_KILL_SHARE = 0.2
+# A run that has not exited by then is stuck, not slow (a whole clean run of 40 tasks takes under
+# a minute here): the harness ends it and fails, naming its log, instead of waiting forever.
+RUN_DEADLINE_S = 300
 
 
 @dataclass
@@ -186,9 +189,18 @@ def run_with_kills(
             raise RuntimeError(f"no run completed in {max_runs} runs; see {log}")
         proc = start_run(config, log)
         next_kill = time.monotonic() + rng.uniform(0.5, 3.0)
+        deadline = time.monotonic() + RUN_DEADLINE_S
         kill_starting = rng.random() < STARTUP_KILL_SHARE
         while proc.poll() is None:
             time.sleep(0.05)
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                end_session(proc)
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(
+                    f"run {report.runs} did not exit in {RUN_DEADLINE_S} s after kills "
+                    f"{report.kills}; the end of {log}:\n{tail}"
+                )
             if len(report.kills) >= want:
                 continue
             # kills still owed near the end: at once, so the run cannot finish first
@@ -279,7 +291,13 @@ def chaos(
     corpus = work / "in"
     rows = build_corpus(corpus, tasks)
     clean = write_config(work / "clean.yaml", model_dir, corpus, work / "clean", chunked=chunked)
-    subprocess.run([*EMBEDPIPE, "run", str(clean)], check=True, capture_output=True, env=run_env())
+    subprocess.run(
+        [*EMBEDPIPE, "run", str(clean)],
+        check=True,
+        capture_output=True,
+        env=run_env(),
+        timeout=RUN_DEADLINE_S,
+    )
     planned = len(json.loads((work / "clean" / "_state" / "plan.json").read_text())["tasks"])
     report = ChaosReport(tasks=planned)
     chaotic = write_config(work / "chaos.yaml", model_dir, corpus, work / "chaos", chunked=chunked)

@@ -19,7 +19,7 @@ from tests.pipelines.helpers import assert_consistent, wait_for_done_markers
 
 @pytest.fixture
 def faulty_run(tmp_path, minilm_dir):
-    rows = build_corpus(tmp_path / "in", tasks=40)
+    rows = build_corpus(tmp_path / "in", tasks=24)
     out = tmp_path / "out"
     conf = write_config(tmp_path / "job.yaml", minilm_dir, tmp_path / "in", out, "max_retries: 1")
     control = tmp_path / "faults"
