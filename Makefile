@@ -17,7 +17,7 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.embedpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers bench-planner gpu-parts gpu-check clean
+.PHONY: help setup run test lint chaos bench bench-embedder bench-pipeline bench-serve bench-cache bench-host bench-gpu bench-storage bench-scale bench-output bench-long bench-plan bench-peers bench-planner bench-ops gpu-parts gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench-embedder: setup ## sentence-transformers vs the fp32 and int8 exports -> b
 
 bench-planner: setup ## the CPU's least-cost batch planner vs the greedy one, embedder time and padding -> bench/results/planner.json
 	$(PY) bench/planner.py --out bench/results/planner.json
+
+bench-ops: setup ## one CPU core's time per operator, fp32 and int8, and the matrix products' rate vs the kernel's ceiling -> bench/results/ops.json
+	$(PY) bench/ops.py --out bench/results/ops.json
 
 bench-host: setup ## an actor's CPU side (read, tokenize, write) with a null device, vs the tokenizer alone -> bench/results/host.json
 	$(PY) bench/host.py --out bench/results/host.json
