@@ -33,6 +33,9 @@ RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")
 PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
 # The dtype whose canary floor a runtime's vectors must meet (workers/canary.py)
 COMPUTE_DTYPE = {"openvino-bf16": "bf16"}
+# (input_ids, attention_mask) of the batch each session runs once as it is made: two rows of
+# four [PAD]-id tokens.
+WARM_UP_BATCH = (np.zeros((2, 4), dtype=np.int64), np.ones((2, 4), dtype=np.int64))
 
 
 class OpenVinoSession:
@@ -64,6 +67,13 @@ class OpenVinoSession:
         self._check_io(path)
         self._check_precision()
         self._local = threading.local()
+        # The first copy of an input into a request's tensor (`tensor.data`, in OpenVINO's Python
+        # bindings) runs a C++ function-local static's initialiser that lets go of the GIL; two
+        # lanes doing that first copy at once deadlock, one holding the GIL and waiting for the
+        # static, the other holding the static and waiting for the GIL (a CI run hung on it for
+        # an hour: tests/workers/test_openvino.py). One small batch on this thread, before any
+        # lane runs, initialises it.
+        self.run(*WARM_UP_BATCH)
 
     def _check_io(self, path: str | Path) -> None:
         names = tuple(sorted(i.get_any_name() for i in self._compiled.inputs))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -62,6 +64,40 @@ def test_two_calls_at_once_on_openvino_lanes_give_each_its_own_vectors(minilm_di
     # a shared inference request would mix the two calls' batches
     for got, want in zip(together, alone, strict=True):
         assert np.abs(got - want).max() <= 1e-6
+
+
+# In a fresh process (OpenVINO's bindings initialise their statics once per process), 16 lanes
+# start their first batch at once with the GIL handed over every microsecond. Without the
+# session's own first batch in its constructor this deadlocked 27 times in 30 here.
+FIRST_BATCHES_AT_ONCE = """
+import sys, threading
+import numpy as np
+from workers.openvino_session import OpenVinoSession
+sys.setswitchinterval(1e-6)
+session = OpenVinoSession(sys.argv[1], "openvino", threads=16, lanes=16)
+start = threading.Barrier(16)
+def first_batch():
+    start.wait()
+    session.run(np.full((2, 8), 101, dtype=np.int64), np.ones((2, 8), dtype=np.int64))
+lanes = [threading.Thread(target=first_batch) for _ in range(16)]
+for lane in lanes:
+    lane.start()
+for lane in lanes:
+    lane.join()
+print("all lanes ran")
+"""
+
+
+def test_lanes_starting_their_first_batch_at_once_do_not_deadlock(minilm_dir):
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", FIRST_BATCHES_AT_ONCE, str(minilm_dir / "model.onnx")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "all lanes ran"
 
 
 def test_openvino_refuses_other_exports_and_devices_before_loading(minilm_int8_dir, minilm_dir):
