@@ -3,6 +3,7 @@ sentence-transformers reference. Exports go through the CLI, so the command is t
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -40,6 +41,30 @@ def pytest_configure(config: pytest.Config) -> None:
     # two-worker run had test_ray_data's ray.init() join it. Tests that want a cluster pass
     # its address; subprocesses that must find one drop this (test_ray_job).
     os.environ["RAY_ADDRESS"] = "local"
+    # stderr as it is now, before a test's output capture takes fd 2 (see hard_timeout)
+    config.stash[STDERR_FD] = os.dup(2)
+
+
+STDERR_FD = pytest.StashKey[int]()
+# pytest-timeout's alarm (pyproject.toml) runs Python code, which needs the GIL: a test stuck
+# while one of its threads holds the GIL never gets it. One did (OpenVINO's first tensor copy
+# from two lanes at once: workers/openvino_session.py), and CI ran to its 90-minute limit with
+# no name. faulthandler's watchdog is a C thread: a minute after pytest-timeout's limit it
+# prints every thread's stack and ends the process; xdist then fails the test ("worker
+# crashed while running ...") and goes on with a fresh worker.
+HARD_TIMEOUT_MARGIN_S = 60
+PYTEST_TIMEOUT_S = 900  # pyproject.toml's `timeout`
+
+
+@pytest.fixture(autouse=True)
+def hard_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    try:
+        limit = float(request.config.getini("timeout")) + HARD_TIMEOUT_MARGIN_S
+    except ValueError:  # pytest-timeout not loaded (-p no:timeout): its limit as configured
+        limit = PYTEST_TIMEOUT_S + HARD_TIMEOUT_MARGIN_S
+    faulthandler.dump_traceback_later(limit, exit=True, file=request.config.stash[STDERR_FD])
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 # The files that take minutes, longest first (a run's --durations): the Makefile's two xdist
