@@ -39,7 +39,7 @@ from onnx import TensorProto, helper
 from workers import Embedder
 from workers.model_dir import MODEL_FILE, TOKENIZER_FILE, read_card
 from workers.prepare import TextPreparer
-from workers.session import CPU_DISABLED_FUSIONS
+from workers.session import OnnxSession
 
 GEMM_OPS = ("MatMul", "DynamicQuantizeMatMul")
 # The ceiling's products: a 2,048-token batch (the CPU's budget) through each of MiniLM's
@@ -76,44 +76,21 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-class ProfiledSession:
-    """workers/session.py's CPU session (one thread, the same graph options) with onnxruntime's
-    profiler on; the embedder runs its batches through it unchanged."""
-
-    device = "cpu"
-    runtime = "onnxruntime"
+class ProfiledSession(OnnxSession):
+    """workers/session.py's CPU session, one thread, with onnxruntime's profiler on; counts its
+    runs, so the warm-up's can be told from the measured call's."""
 
     def __init__(self, path: Path, prefix: Path) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.enable_profiling = True
-        options.profile_file_prefix = str(prefix)
-        self._session = ort.InferenceSession(
-            str(path),
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=CPU_DISABLED_FUSIONS,
-        )
-        self._names = [i.name for i in self._session.get_inputs()]
+        super().__init__(path, threads=1, profile_prefix=prefix)
         self.runs = 0
-
-    def providers(self) -> list[str]:
-        return list(self._session.get_providers())
-
-    def describe(self) -> str:
-        return "cpu"
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         self.runs += 1
-        feed = dict(zip(self._names, (input_ids, attention_mask), strict=True))
-        out: np.ndarray = self._session.run(None, feed)[0]
-        return out
+        return super().run(input_ids, attention_mask)
 
     def node_events(self, skip_runs: int) -> list[dict]:
         """The profiler's operator events after the first skip_runs runs (ends profiling)."""
-        trace = Path(self._session.end_profiling())
+        trace = self.end_profiling()
         events = json.loads(trace.read_text())
         trace.unlink()
         runs = sorted(e["ts"] + e["dur"] for e in events if e["name"] == "model_run")

@@ -116,7 +116,10 @@ class OnnxSession:
         exact_fp32: bool = True,
         spin: bool = True,
         attention: str = "attention",
+        profile_prefix: str | Path | None = None,
     ) -> None:
+        """profile_prefix: onnxruntime's profiler on, its JSON trace (every node's time and
+        shapes) written at end_profiling() to a file whose name starts so (bench/ops.py)."""
         device = resolve_device(device)
         options = ort.SessionOptions()
         # The export fused attention, layer norm and GELU already; ALL adds the layout and
@@ -132,6 +135,9 @@ class OnnxSession:
             # job that feeds them back to back, wrong for a server whose HTTP proxy and event
             # loop need those cores between requests.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_prefix)
         if device == "cpu" and attention in CUDA_ONLY_LAYOUTS:
             raise DeviceError(
                 f"{path} has the {attention} attention layout, which runs on CUDA only; use "
@@ -162,6 +168,10 @@ class OnnxSession:
     def providers(self) -> list[str]:
         """The providers the session really got, first the one that runs the graph."""
         return list(self._session.get_providers())
+
+    def end_profiling(self) -> Path:
+        """Ends the profiler of a session made with profile_prefix; its trace file."""
+        return Path(self._session.end_profiling())
 
     def describe(self) -> str:
         """The device in words, for messages: `cpu` or `cuda:0`."""

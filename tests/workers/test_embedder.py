@@ -135,6 +135,22 @@ def test_the_iobinding_path_equals_a_plain_onnxruntime_session(minilm_dir, embed
     np.testing.assert_allclose(embedder.session.run(ids, mask), unbound, rtol=0, atol=1e-6)
 
 
+def test_a_profiled_session_gives_the_same_vectors_and_a_trace_of_its_nodes(
+    minilm_dir, embedder, tmp_path
+):
+    import json
+
+    ids, mask = np.full((2, 8), 101, dtype=np.int64), np.ones((2, 8), dtype=np.int64)
+    profiled = OnnxSession(minilm_dir / MODEL_FILE, threads=1, profile_prefix=tmp_path / "run")
+    np.testing.assert_allclose(profiled.run(ids, mask), embedder.session.run(ids, mask), atol=1e-6)
+    trace = profiled.end_profiling()
+    assert trace.parent == tmp_path and trace.name.startswith("run")
+    events = json.loads(trace.read_text())
+    assert sum(e["name"] == "model_run" for e in events) == 1
+    ops = {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "args" in e}
+    assert "MatMul" in ops and "Attention" in ops
+
+
 def test_warm_up_runs_every_length_bucket_within_the_budget_and_changes_nothing(
     minilm_dir, parity_texts
 ):
