@@ -194,7 +194,7 @@ def run_with_kills(
         while proc.poll() is None:
             time.sleep(0.05)
             if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()  # the driver; end_session takes the rest of its group
                 end_session(proc)
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
                 raise RuntimeError(
